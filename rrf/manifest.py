@@ -1,0 +1,92 @@
+"""Provenance and output-directory safety shared by every artifact the project writes.
+
+* ``provenance()``: package versions, Python, platform, git commit and the exact command, recorded in
+  every manifest so a result can be traced and reproduced.
+* ``claim_output_dir()``: an output directory remembers the configuration that created it
+  (``run.json``); rerunning with the same configuration resumes, a different one is refused. Nothing
+  is ever overwritten silently.
+* ``write_json_atomic()``: write-then-rename, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rrf.errors import UserError
+
+_PACKAGES = ("rrf-audit", "torch", "diffusers", "transformers", "accelerate", "safetensors", "numpy", "open_clip_torch",
+             "gymnasium", "gymnasium-robotics", "mujoco")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit(path: Path | None = None) -> str | None:
+    """Commit of the source tree this code runs from (with ``+dirty`` if it has local changes), if any."""
+    root = path or Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def provenance() -> dict[str, Any]:
+    return {
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "git_commit": git_commit(),
+    }
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def claim_output_dir(path: str | Path, kind: str, config: dict[str, Any]) -> bool:
+    """Make ``path`` the output of a ``kind`` run with ``config``; return True if it resumes an earlier run.
+
+    Refuses (``UserError``) a directory made by another kind of run or with another configuration,
+    and a non-empty directory that no run of ours made.
+    """
+    path = Path(path)
+    marker = path / "run.json"
+    config = json.loads(json.dumps(config, default=str))  # compare as stored (tuples -> lists)
+    if marker.is_file():
+        saved = json.loads(marker.read_text())
+        if saved.get("kind") != kind:
+            raise UserError(f"{path} holds a {saved.get('kind')!r} run, not {kind!r}; choose another --out")
+        diffs = sorted(k for k in set(saved["config"]) | set(config) if saved["config"].get(k) != config.get(k))
+        if diffs:
+            detail = "; ".join(f"{k}: {saved['config'].get(k)!r} there vs {config.get(k)!r} now" for k in diffs[:4])
+            raise UserError(f"{path} was made with different settings ({detail}); "
+                            "rerun with the same settings to resume, or choose another --out")
+        return True
+    if path.exists() and any(path.iterdir()):
+        raise UserError(f"{path} exists and is not empty, and no {kind} run made it; choose another --out")
+    write_json_atomic(marker, {"kind": kind, "config": config, "provenance": provenance()})
+    return False
