@@ -1,0 +1,90 @@
+"""Audit metrics from a *scores table*: one row per generated trajectory with its final-sample reward.
+
+The table (``pandas.DataFrame``) has at least ``prompt_id``, ``categories`` (list of str), ``follow``
+('base' | 'expert'), ``split`` ('train' | 'test') and ``reward``. Everything here is a pure function of
+it, so the numbers in ``metrics.json`` and in the report come from one place and are tested on
+synthetic rewards with known answers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from rrf.metrics import auroc, separation_accuracy
+
+
+def _labels(frame: pd.DataFrame) -> np.ndarray:
+    """1 for expert-followed samples: the safer model's samples should get the higher reward."""
+    return (frame["follow"] == "expert").to_numpy(dtype=int)
+
+
+def separation(scores: pd.DataFrame) -> dict[str, float | int]:
+    """Base-vs-expert separation of final samples by the reward, on the test split.
+
+    ``accuracy`` uses a logistic-regression threshold fitted on the train split only; ``auroc`` needs
+    no threshold. Both are computed on held-out prompts.
+    """
+    train, test = scores[scores["split"] == "train"], scores[scores["split"] == "test"]
+    return {
+        "accuracy": separation_accuracy(train["reward"], _labels(train), test["reward"], _labels(test)),
+        "auroc": auroc(test["reward"].to_numpy(), _labels(test)),
+        "n_train": int(len(train)),
+        "n_test": int(len(test)),
+    }
+
+
+def explode_categories(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (sample, category); samples without categories count under 'none'."""
+    cats = frame["categories"].map(lambda c: list(c) if len(c) else ["none"])
+    return frame.assign(category=cats).explode("category")
+
+
+def per_category_auroc(scores: pd.DataFrame) -> dict[str, dict[str, float | int]]:
+    """Base-vs-expert AUROC within each prompt category, on the test split."""
+    test = explode_categories(scores[scores["split"] == "test"])
+    out = {}
+    for cat, group in test.groupby("category", sort=True):
+        out[str(cat)] = {
+            "auroc": auroc(group["reward"].to_numpy(), _labels(group)),
+            "n_base": int((group["follow"] == "base").sum()),
+            "n_expert": int((group["follow"] == "expert").sum()),
+        }
+    return out
+
+
+def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its Student-t confidence interval (NaN half-width for n < 2)."""
+    values = np.asarray(values, dtype=np.float64)
+    mean = float(values.mean()) if len(values) else math.nan
+    if len(values) < 2:
+        return mean, math.nan
+    sem = values.std(ddof=1) / math.sqrt(len(values))
+    return mean, float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * sem)
+
+
+def attribute_breakdown(scores: pd.DataFrame, split: str = "test") -> list[dict]:
+    """Mean reward of base-model samples per attribute (prompt category), with 95% CIs.
+
+    Sorted by the difference to the mean of all base samples, lowest first: the attributes at the
+    top are the ones the safer model steers away from most; an attribute with a CI clear of zero is
+    a real change, collateral or intended.
+    """
+    base = scores[(scores["follow"] == "base") & (scores["split"] == split)]
+    if base.empty:
+        return []
+    overall = float(base["reward"].mean())
+    rows = []
+    for cat, group in explode_categories(base).groupby("category", sort=True):
+        mean, half = mean_ci(group["reward"].to_numpy())
+        rows.append({"attribute": str(cat), "n": int(len(group)), "mean_reward": mean, "ci95": half,
+                     "delta": mean - overall})
+    return sorted(rows, key=lambda r: r["delta"])
+
+
+def concept_auroc(rewards: np.ndarray, shows_concept: np.ndarray) -> float:
+    """How well a *low* reward flags images that show the concept (ground truth from a labeller)."""
+    return auroc(-np.asarray(rewards, dtype=np.float64), np.asarray(shows_concept, dtype=int))

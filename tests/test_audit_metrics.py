@@ -1,0 +1,72 @@
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from audit.metrics import attribute_breakdown, concept_auroc, per_category_auroc, separation
+from audit.split import split_prompts
+from rrf.errors import UserError
+
+
+def synthetic(base_rewards, expert_rewards, split="test"):
+    rows = [{"prompt_id": f"b{i}", "categories": ["a"], "follow": "base", "split": split, "reward": r}
+            for i, r in enumerate(base_rewards)]
+    rows += [{"prompt_id": f"e{i}", "categories": ["a"], "follow": "expert", "split": split, "reward": r}
+             for i, r in enumerate(expert_rewards)]
+    return pd.DataFrame(rows)
+
+
+def test_auroc_matches_known_value():
+    # Of the 4x4 (expert, base) pairs, expert > base in 16 - 3 (ties count 1/2: one tie) -> (12 + 0.5) / 16.
+    frame = pd.concat([synthetic([0, 1, 2, 3], [3, 4, 5, 6]), synthetic([0, 1, 2, 3], [3, 4, 5, 6], "train")])
+    out = separation(frame)
+    assert out["auroc"] == pytest.approx(15.5 / 16)
+    assert out["n_test"] == 8 and out["n_train"] == 8
+    perfect = pd.concat([synthetic([0, 1], [5, 6]), synthetic([0, 1], [5, 6], "train")])
+    assert separation(perfect)["accuracy"] == 1.0 and separation(perfect)["auroc"] == 1.0
+    reversed_ = pd.concat([synthetic([5, 6], [0, 1]), synthetic([0, 1], [5, 6], "train")])
+    # Threshold fitted on train points the other way: held-out accuracy must collapse, not be "fixed".
+    assert separation(reversed_)["accuracy"] == 0.0 and separation(reversed_)["auroc"] == 0.0
+
+
+def test_per_category_and_attribute_breakdown():
+    rows = []
+    for i in range(30):
+        cat = ["red"] if i % 3 == 0 else ["blue"]
+        rows.append({"prompt_id": i, "categories": cat, "follow": "base", "split": "test",
+                     "reward": (-2.0 if cat == ["red"] else 0.0) + 0.1 * (i % 5)})
+        rows.append({"prompt_id": i, "categories": cat, "follow": "expert", "split": "test", "reward": 1.0})
+    frame = pd.DataFrame(rows)
+    table = attribute_breakdown(frame)
+    assert [r["attribute"] for r in table] == ["red", "blue"]
+    red = np.array([-2.0 + 0.1 * (i % 5) for i in range(0, 30, 3)])
+    assert table[0]["mean_reward"] == pytest.approx(red.mean())
+    assert table[0]["ci95"] == pytest.approx(stats.t.ppf(0.975, len(red) - 1) * red.std(ddof=1) / np.sqrt(len(red)))
+    assert table[0]["delta"] < 0 < table[1]["delta"]
+    cats = per_category_auroc(frame)
+    assert cats["red"]["auroc"] == 1.0 and cats["red"]["n_base"] == 10 and cats["blue"]["n_expert"] == 20
+
+
+def test_concept_auroc_rewards_low_scores_for_concept_images():
+    assert concept_auroc(np.array([-3, -2, 1, 2]), np.array([1, 1, 0, 0])) == 1.0
+    assert concept_auroc(np.array([-3, 2, 1, -2]), np.array([1, 1, 0, 0])) == 0.5
+
+
+def test_split_is_by_prompt_stratified_and_balanced():
+    i2p = pd.read_csv("/work/shared/data/i2p.csv").head(600)  # ordered by category: a head split would be biased
+    cats = i2p["categories"].fillna("").map(lambda c: [x.strip() for x in c.split(",") if x.strip()])
+    traj = pd.DataFrame([{"prompt_id": i, "categories": c, "follow": f} for i, c in zip(i2p.index, cats, strict=True)
+                         for f in ("base", "expert")])
+    out = split_prompts(traj, test_fraction=0.2, seed=3)
+    test, train = out[out["split"] == "test"], out[out["split"] == "train"]
+    assert not set(test["prompt_id"]) & set(train["prompt_id"])
+    assert (test["follow"] == "base").sum() == (test["follow"] == "expert").sum() == 120
+    # Stratified: each category's share in test is close to its share overall.
+    for cat in ("violence", "self-harm"):
+        share_all = traj["categories"].map(lambda c, cat=cat: cat in c).mean()
+        share_test = test["categories"].map(lambda c, cat=cat: cat in c).mean()
+        assert abs(share_all - share_test) < 0.05
+    assert out.equals(split_prompts(traj, test_fraction=0.2, seed=3))  # seeded
+    assert not out.equals(split_prompts(traj, test_fraction=0.2, seed=4))
+    with pytest.raises(UserError, match="both a base and an expert"):
+        split_prompts(traj[traj["follow"] == "base"])
