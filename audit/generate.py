@@ -25,6 +25,7 @@ from typing import Literal
 
 import torch
 
+from audit.loading import locate
 from audit.registry import ModelSpec, resolve
 from audit.store import STORE_DTYPES, StoreWriter, image_file
 from prompts import Prompt, load_prompts
@@ -150,21 +151,28 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> Gen
     # 1. Processes and device
     state = PartialState(cpu=cfg.device == "cpu")
     device = state.device if cfg.device == "auto" else torch.device(cfg.device)
+    if cfg.dtype != "auto" and cfg.dtype not in DTYPES:
+        raise UserError(f"--dtype must be auto or one of {', '.join(DTYPES)}, not {cfg.dtype!r}")
     dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else (torch.float16 if device.type == "cuda" else torch.float32)
+    if device.type == "cuda":  # same seed, same bytes: no autotuned (run-dependent) convolution algorithms
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
     if cfg.store_dtype not in STORE_DTYPES:
         raise UserError(f"--store-dtype must be one of {', '.join(STORE_DTYPES)}, not {cfg.store_dtype!r}")
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise UserError("--steps and --batch-size must be at least 1")
 
-    # 2. Models and prompts (cheap: nothing is loaded yet)
+    # 2. Models and prompts (cheap: files are found and fingerprinted, nothing is loaded yet)
     base_spec, expert_spec = cfg.models()
+    located_base = locate(base_spec)
+    located_expert = locate(expert_spec, reference=located_base)
     prompt_set = load_prompts(cfg.prompts, categories=cfg.categories, hard_only=cfg.hard_only, limit=cfg.limit,
                               seed=cfg.seed)
     shards = plan_shards(prompt_set.prompts, cfg.follows(), cfg.batch_size, cfg.seed, cfg.seed_from_file)
 
     # 3. Claim the output directory: same settings resume, different settings are refused (main process first)
-    identity = {**asdict(cfg), "base": base_spec.to_dict(), "safer": expert_spec.to_dict(), "prompts": prompt_set.source,
-                "device": device.type, "dtype": str(dtype).removeprefix("torch.")}
+    identity = {**asdict(cfg), "base": located_base.provenance(), "safer": located_expert.provenance(),
+                "prompts": prompt_set.source, "device": device.type, "dtype": str(dtype).removeprefix("torch.")}
     writer = None
     if state.is_main_process:
         claim_output_dir(out, "generate", identity)
@@ -178,8 +186,8 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> Gen
     # 4. Load the pair: identical components once, scheduler checked
     from audit.pairing import ModelPair
 
-    pair = ModelPair.load(base_spec, expert_spec, scheduler=cfg.scheduler, guidance_scale=cfg.guidance, device=device,
-                          dtype=dtype)
+    pair = ModelPair.from_located(located_base, located_expert, scheduler=cfg.scheduler, guidance_scale=cfg.guidance,
+                                  device=device, dtype=dtype)
     resolution = cfg.resolution or pair.default_resolution
     latent_shape = pair.latent_shape(resolution)
 
@@ -200,8 +208,8 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> Gen
     state.wait_for_everyone()
     manifest = None
     if state.is_main_process:
-        manifest = writer.finalize(_manifest(cfg, identity, pair, prompt_set.source, shards, resolution, latent_shape),
-                                   len(shards))
+        manifest = writer.finalize(_manifest(cfg, identity, pair, prompt_set.source, shards, resolution, latent_shape,
+                                             state.num_processes), len(shards))
     state.wait_for_everyone()
     totals = (manifest or {}).get("totals", {})
     return GenerateResult(
@@ -236,7 +244,7 @@ def sample_shard(pair, shard: list[Trajectory], steps: int, latent_shape: tuple[
 
 
 def _manifest(cfg: GenerateConfig, identity: dict, pair, prompt_source: dict, shards: list[list[Trajectory]],
-              resolution: int, latent_shape: tuple[int, int, int]) -> dict:
+              resolution: int, latent_shape: tuple[int, int, int], processes: int) -> dict:
     timesteps = pair.start(cfg.steps).timesteps
     return {
         "format": "rrf-audit-latents",
@@ -253,7 +261,8 @@ def _manifest(cfg: GenerateConfig, identity: dict, pair, prompt_source: dict, sh
         "latent_shape": list(latent_shape),
         "timesteps": timesteps,
         "trajectories": [tr.record() for shard in shards for tr in shard],
-        "provenance": provenance(),
+        # How this run executed (not what it computed): on CPU the bytes depend on the threads per process.
+        "provenance": {**provenance(), "processes": processes, "torch_threads": torch.get_num_threads()},
     }
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from audit.registry import ModelSpec
+from audit.store import sha256_file
 from rrf.errors import UserError
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -62,6 +63,10 @@ def locate(spec: ModelSpec, reference: LocatedModel | None = None) -> LocatedMod
         return LocatedModel(spec, dict(reference.folders), fingerprints, reference.revision, unet_file=path)
     if Path(spec.weights).is_dir():
         root, revision = Path(spec.weights), None
+    elif Path(spec.weights).is_absolute():
+        raise UserError(f"the weights of {spec.name!r} are missing ({spec.weights} does not exist); "
+                        + ("restore them from the repository (git checkout -- audit/toy/weights) or rebuild them "
+                           "with `rrf-audit toy train`" if spec.name.startswith("toy") else "check the path"))
     else:
         root = _hub_snapshot(spec)
         revision = root.name
@@ -110,11 +115,7 @@ def _sha256_file(path: Path) -> str:
     target = Path(os.path.realpath(path))
     if path.is_symlink() and re.fullmatch(r"[0-9a-f]{64}", target.name):
         return target.name
-    digest = hashlib.sha256()
-    with open(target, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(target)
 
 
 @dataclass

@@ -128,7 +128,15 @@ class ModelPair:
         """Load both models (shared components once) and build the pair; ``scheduler`` is a ``SCHEDULERS`` key or
         ``model``."""
         located_base = locate(base, reference=None)
-        located_expert = locate(expert, reference=located_base)
+        return cls.from_located(located_base, locate(expert, reference=located_base), scheduler=scheduler,
+                                guidance_scale=guidance_scale, device=device, dtype=dtype)
+
+    @classmethod
+    def from_located(cls, located_base: LocatedModel, located_expert: LocatedModel, *, scheduler: str = "ddim",
+                     guidance_scale: float = 7.5, device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.float32) -> ModelPair:
+        """``load`` for models already located (``audit.loading.locate``)."""
+        base, expert = located_base.spec, located_expert.spec
         loader = ComponentLoader(torch.device(device), dtype)
         sides = [Side(role, m, loader.get(m, "unet"), loader.get(m, "text_encoder"), loader.get(m, "tokenizer"),
                       m.spec.sld) for role, m in (("base", located_base), ("expert", located_expert))]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_sd import single_thread, tiny_sd  # noqa: F401 (fixtures)
+from tiny_sd import run_main, single_thread, tiny_sd, tiny_sd_finetune  # noqa: F401 (fixtures)
 
 from audit.generate import GenerateConfig, generate
 from audit.store import Store
@@ -85,16 +85,6 @@ def test_sigkill_mid_run_then_rerun_gives_a_byte_identical_store(tiny_sd, refere
     assert Store.open(out).verify() == []
 
 
-def run_main(monkeypatch, capsys, *args):
-    from audit.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["rrf-audit", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
 def test_rerun_with_a_different_config_is_refused_and_nothing_changes(tiny_sd, reference, monkeypatch,  # noqa: F811
                                                                        capsys):
     out, expected = reference
@@ -116,3 +106,15 @@ def test_accelerate_two_cpu_processes_write_the_same_store(tiny_sd, reference, t
     assert contents(two) == expected
     manifest = json.loads((two / "manifest.json").read_text())
     assert manifest["provenance"]["command"].startswith("__main__.py generate")
+
+
+def test_weights_changed_at_the_same_path_are_refused(tiny_sd, tiny_sd_finetune, tmp_path):  # noqa: F811
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_sd, weights)
+    cfg = GenerateConfig(base=str(weights), safer="sld", prompts="harmless", limit=1, steps=1, batch_size=1,
+                         follow="base", device="cpu")
+    generate(cfg, tmp_path / "store", progress=False)
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    shutil.copyfile(tiny_sd_finetune / unet, weights / unet)  # "retrained" in place
+    with pytest.raises(UserError, match="different settings.*base"):
+        generate(cfg, tmp_path / "store", progress=False)

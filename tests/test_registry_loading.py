@@ -1,12 +1,14 @@
 """Model aliases, SLD options, locating models (local, single file, hub offline) and loading components once."""
 
+import hashlib
 import os
-import sys
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_sd import single_thread, tiny_sd, tiny_sd_finetune  # noqa: F401 (fixtures)
+from tiny_sd import run_main, single_thread, tiny_sd, tiny_sd_finetune  # noqa: F401 (fixtures)
 
 from audit.loading import ComponentLoader, locate
 from audit.pairing import ModelPair
@@ -54,16 +56,6 @@ def test_hub_ids_paths_and_unknown_names(tmp_path):
         resolve(str(tmp_path / "missing.safetensors"))
 
 
-def run_main(monkeypatch, capsys, *args):
-    from audit.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["rrf-audit", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
 def test_offline_and_not_cached_is_one_line_naming_the_model_and_how_to_download(tmp_path, monkeypatch, capsys):
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     with pytest.raises(UserError) as err:
@@ -108,3 +100,31 @@ def test_single_safetensors_unet_file_takes_the_rest_from_the_base(tiny_sd, tiny
         assert torch.equal(pair.expert.unet.state_dict()[name], param)
     with pytest.raises(UserError, match="single UNet file; pair it with a base model"):
         locate(resolve(str(tmp_path / "esd-unet.safetensors")))
+
+
+def fake_hub_cache(cache: Path, repo: str, source: Path, commit: str = "0123456789abcdef" * 2 + "01234567") -> None:
+    """Lay ``source`` out like huggingface_hub's cache: blobs named by sha256, snapshot symlinks, refs/main."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    for path in source.rglob("*"):
+        if path.is_file():
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            blob = root / "blobs" / digest
+            blob.parent.mkdir(exist_ok=True)
+            shutil.copyfile(path, blob)
+            link = root / "snapshots" / commit / path.relative_to(source)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(blob, link.parent))
+
+
+def test_hub_ids_load_from_the_offline_cache_with_revision_and_blob_hashes(tiny_sd, tmp_path, monkeypatch):  # noqa: F811
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    fake_hub_cache(tmp_path, "tiny-org/tiny-sd", tiny_sd)
+    located = locate(resolve("tiny-org/tiny-sd"))
+    assert located.revision == "0123456789abcdef" * 2 + "01234567"
+    assert located.fingerprints == locate(resolve(str(tiny_sd))).fingerprints  # blob names are the sha256
+    pair = ModelPair.load(resolve("tiny-org/tiny-sd"), resolve("sld", other=resolve("tiny-org/tiny-sd")))
+    assert pair.provenance()["base"]["revision"] == located.revision and pair.evaluations_per_step == 3

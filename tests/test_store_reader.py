@@ -2,13 +2,12 @@
 
 import json
 import shutil
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_sd import single_thread, tiny_sd  # noqa: F401 (fixtures)
+from tiny_sd import run_main, single_thread, tiny_sd  # noqa: F401 (fixtures)
 
 from audit.generate import GenerateConfig, generate, initial_noise
 from audit.store import Store
@@ -115,16 +114,6 @@ def test_streaming_moments_match_a_direct_computation(store):
     halves = [store.fit_moments(range(10), rank=r, world_size=2)[0] for r in (0, 1)]
     halves[0].merge(halves[1])
     assert torch.allclose(halves[0].mean, x_moments.mean) and torch.equal(halves[0].count, x_moments.count)
-
-
-def run_main(monkeypatch, capsys, *args):
-    from audit.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["rrf-audit", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def test_verify_finds_corruption_and_missing_files(store_dir, tmp_path, monkeypatch, capsys):

@@ -25,7 +25,6 @@ import pytest
 import torch
 
 LATENT_SIZE = 8  # latents are 4 x 8 x 8; images 16 x 16
-CROSS_ATTENTION_DIM = 32
 
 
 @lru_cache(maxsize=1)
@@ -53,42 +52,58 @@ def clip_tokenizer():
     return tokenizer
 
 
-def tiny_components(seed: int = 0, unet_seed: int | None = None, scheduler: str = "ddim") -> dict:
-    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
+# Architectures: "tiny" for tests; "small" and "sd15" (Stable Diffusion v1.5's shapes, random weights) for bench/.
+ARCHS = {
+    "tiny": dict(unet=dict(block_out_channels=(16, 32), layers_per_block=1, attention_head_dim=4, norm_num_groups=8,
+                           down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                           up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
+                 vae=dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4),
+                 text=dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2),
+                 latent_size=LATENT_SIZE),
+    "small": dict(unet=dict(block_out_channels=(64, 128, 128), layers_per_block=1, attention_head_dim=8,
+                            norm_num_groups=32, down_block_types=("CrossAttnDownBlock2D",) * 2 + ("DownBlock2D",),
+                            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 2),
+                  vae=dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32),
+                  text=dict(hidden_size=256, intermediate_size=1024, num_attention_heads=4, num_hidden_layers=4),
+                  latent_size=32),
+    "sd15": dict(unet=dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=8,
+                           norm_num_groups=32, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                           up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
+                 vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32),
+                 text=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12),
+                 latent_size=64),
+}
+
+
+def tiny_components(seed: int = 0, unet_seed: int | None = None, arch: str = "tiny") -> dict:
+    """Random-weight SD components of architecture ``arch`` with a DDIM scheduler configured like SD v1's."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    spec = ARCHS[arch]
+    hidden = spec["text"]["hidden_size"]
     torch.manual_seed(seed if unet_seed is None else unet_seed)
-    unet = UNet2DConditionModel(
-        sample_size=LATENT_SIZE, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=CROSS_ATTENTION_DIM, attention_head_dim=4, norm_num_groups=8,
-    )
+    unet = UNet2DConditionModel(sample_size=spec["latent_size"], in_channels=4, out_channels=4,
+                                cross_attention_dim=hidden, **spec["unet"])
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
-        sample_size=LATENT_SIZE * 2,
-    )
+    levels = len(spec["vae"]["block_out_channels"])
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, down_block_types=("DownEncoderBlock2D",) * levels,
+                        up_block_types=("UpDecoderBlock2D",) * levels,
+                        sample_size=spec["latent_size"] * 2 ** (levels - 1), **spec["vae"])
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=CROSS_ATTENTION_DIM, intermediate_size=64, num_attention_heads=4,
-        num_hidden_layers=2, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-    ))
-    sd_betas = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                    steps_offset=1)
-    if scheduler == "ddim":
-        sched = DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **sd_betas)
-    else:  # Stable Diffusion v1's own default
-        sched = PNDMScheduler(skip_prk_steps=True, set_alpha_to_one=False, **sd_betas)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406,
+                                                eos_token_id=49407, pad_token_id=49407, **spec["text"]))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, steps_offset=1, clip_sample=False, set_alpha_to_one=False)
     return {"unet": unet.eval(), "vae": vae.eval(), "text_encoder": text_encoder.eval(),
-            "tokenizer": clip_tokenizer(), "scheduler": sched}
+            "tokenizer": clip_tokenizer(), "scheduler": scheduler}
 
 
-def build_tiny_sd(path: str | Path, seed: int = 0, unet_seed: int | None = None, scheduler: str = "ddim") -> Path:
-    """Save a tiny random-weight StableDiffusionPipeline to ``path`` and return it."""
+def build_tiny_sd(path: str | Path, seed: int = 0, unet_seed: int | None = None, arch: str = "tiny") -> Path:
+    """Save a random-weight StableDiffusionPipeline (``arch`` from ``ARCHS``) to ``path`` and return it."""
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline(**tiny_components(seed, unet_seed, scheduler), safety_checker=None,
+    pipe = StableDiffusionPipeline(**tiny_components(seed, unet_seed, arch), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(path)
     return Path(path)
@@ -113,3 +128,16 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run the ``rrf-audit`` entry point in this process (cheaper than a subprocess): ``(exit code, stdout, stderr)``."""
+    import sys
+
+    from audit.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["rrf-audit", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
