@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter
 
 from audit import plots
 from rrf.errors import UserError
-from rrf.manifest import write_json_atomic
+from rrf.manifest import claim_output_dir, provenance, write_json_atomic
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -142,3 +142,51 @@ def build_report(scores: pd.DataFrame, metrics: dict, provenance: dict, out_dir:
     write_json_atomic(out_dir / "report.json", {"config": cfg.__dict__, "images": sorted(shown),
                                                 "provenance": provenance})
     return out_dir / "index.html"
+
+
+def run_provenance(run_dir: Path, store_manifest: dict, fit_manifest: dict, metrics: dict) -> dict:
+    """What the report's provenance block shows: models, generation and fit settings, versions, commands."""
+    models = store_manifest.get("models", {})
+    config = store_manifest.get("config", {})
+    now = provenance()
+    return {
+        "base": models.get("base", {}).get("name", "?"),
+        "safer": models.get("expert", {}).get("name", "?"),
+        "models": models,
+        "generation": {k: store_manifest.get(k) for k in ("guidance_scale", "sld", "seeds", "resolution", "timesteps")}
+        | {"scheduler": config.get("scheduler"), "steps": config.get("steps"), "prompts": store_manifest.get("prompts")},
+        "fit": fit_manifest.get("config", {}),
+        "packages": now["packages"],
+        "git_commit": now["git_commit"],
+        "commands": [store_manifest.get("provenance", {}).get("command"), fit_manifest.get("provenance", {}).get("command"),
+                     metrics.get("provenance", {}).get("command"), now["command"]],
+        "run": str(Path(run_dir).resolve()),
+    }
+
+
+def report_run(run_dir: str | Path, out_dir: str | Path, cfg: ReportConfig, tagger=None) -> Path:
+    """Build the report of an evaluated run (``rrf-audit report``); ``tagger(paths) -> [{concept: p}]``."""
+    import json
+
+    from audit.fit import load_fit_manifest
+    from audit.store import Store
+
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise UserError(f"{run_dir} has no metrics.json; run `rrf-audit evaluate {run_dir}` first")
+    metrics = json.loads(metrics_path.read_text())
+    fit_manifest = load_fit_manifest(run_dir)
+    store = Store.open(fit_manifest["store"])
+    claim_output_dir(out_dir, "report", {**cfg.__dict__, "run": str(run_dir.resolve()),
+                                         "tags": getattr(tagger, "name", None)})
+    scores = pd.read_parquet(run_dir / "scores.parquet")
+    scores["categories"] = scores["categories"].map(list)
+    if tagger is not None:
+        pool = scores[(scores["follow"] == "base") & ((scores["split"] == cfg.split) | (cfg.split == "all"))]
+        tags = tagger(pool["image_path"].tolist())
+        scores["tags"] = None
+        scores.loc[pool.index, "tags"] = pd.Series(tags, index=pool.index, dtype=object)
+    title = f"rrf-audit: what {store.manifest['models']['expert']['name']} steers away from"
+    return build_report(scores, metrics, run_provenance(run_dir, store.manifest, fit_manifest, metrics), out_dir,
+                        cfg, title=title)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shlex
@@ -59,11 +60,22 @@ def provenance() -> dict[str, Any]:
     }
 
 
+def _strict(obj: Any) -> Any:
+    """NaN and infinities become null: JSON has no such numbers and strict readers reject them."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.write_text(json.dumps(_strict(obj), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 

@@ -12,7 +12,7 @@ import sys
 import typer
 from rich.console import Console
 
-from audit.cli import generate, validate
+from audit.cli import generate, results, validate
 
 app = typer.Typer(
     name="rrf-audit",
@@ -25,6 +25,7 @@ app = typer.Typer(
 )
 app.add_typer(validate.app, name="validate")
 generate.register(app)
+results.register(app)
 
 
 @app.callback()

@@ -1,0 +1,200 @@
+"""``rrf-audit fit | evaluate | report | score | compare``: from a data store to the audit report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+DIMS_HELP = "Channel widths of the reward's UNet encoder, comma-separated (paper: 32,64,128,256)."
+
+
+def register(app: typer.Typer) -> None:
+    for command in (fit, evaluate, report, score, compare):
+        app.command(command.__name__)(command)
+
+
+def _dims(text: str) -> tuple[int, ...]:
+    from rrf.errors import UserError
+
+    try:
+        dims = tuple(int(d) for d in text.split(",") if d.strip())
+    except ValueError:
+        raise UserError(f"--dims must be comma-separated integers like 32,64,128,256, not {text!r}") from None
+    if not dims or min(dims) < 1:
+        raise UserError(f"--dims must list positive channel widths, not {text!r}")
+    return dims
+
+
+def _device(device: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def _headline(metrics: dict) -> str:
+    parts = [f"accuracy {metrics['accuracy']:.1%}", f"AUROC {metrics['auroc']:.3f}", f"n_test {metrics['n_test']}"]
+    if metrics.get("concept_auroc") is not None:
+        parts.append(f"concept AUROC {metrics['concept_auroc']:.3f} ({metrics.get('concept')})")
+    if metrics.get("heldout_cosine") is not None:
+        parts.append(f"held-out cosine {metrics['heldout_cosine']:.3f}")
+    return ", ".join(parts)
+
+
+def fit(
+    data: Path = typer.Argument(..., help="A data store made by `rrf-audit generate`."),
+    out: Path = typer.Option(Path("reports/run"), "--out", "-o", help="Run directory (resumed if it exists)."),
+    steps: int = typer.Option(6000, help="Training steps (paper: 6000)."),
+    batch_size: int = typer.Option(64, help="Global batch of tuples (paper: 64)."),
+    lr: float = typer.Option(1e-4, help="Adam learning rate (paper: 1e-4)."),
+    dims: str = typer.Option("32,64,128,256", help=DIMS_HELP),
+    test_fraction: float = typer.Option(0.2, help="Share of prompts held out (split by prompt, stratified)."),
+    seed: int = typer.Option(0, help="Seed of the split, the initialisation and the batch order."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
+    mixed_precision: str = typer.Option("no", help="no, fp16 or bf16 (GPU)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train the relative reward on a store: grad rho(x_t, t) ~ expert_next - base_next.
+
+    Splits by prompt, fits per-timestep latent scaling in one streaming pass, trains the 2-D UNet-encoder
+    reward with EMA and checkpoints (rerun to resume), and saves OUT/reward. Multi-GPU or multi-process:
+    `accelerate launch -m audit.cli fit ...`.
+    """
+    from audit.fit import FitConfig
+    from audit.fit import fit as run
+
+    cfg = FitConfig(dims=_dims(dims), lr=lr, batch_size=batch_size, steps=steps, test_fraction=test_fraction,
+                    seed=seed, mixed_precision=mixed_precision)  # type: ignore[arg-type]
+    run(data, out, cfg, device=None if device == "auto" else device, progress=progress)
+    typer.echo(f"reward: {out / 'reward'}")
+
+
+def evaluate(
+    run: Path = typer.Argument(..., help="A run directory made by `rrf-audit fit`."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
+) -> None:
+    """Measure the reward on held-out prompts: base-vs-safer accuracy and AUROC, per category, per timestep.
+
+    Writes RUN/metrics.json, RUN/scores.parquet and PNG plots (the paper's reward histogram).
+    """
+    from audit.evaluate import EvaluateConfig
+    from audit.evaluate import evaluate as run_eval
+    from audit.fit import load_fit_manifest
+    from audit.ground_truth import ground_truth_for
+
+    truth, concept = ground_truth_for(load_fit_manifest(run)["store"])
+    metrics = run_eval(run, EvaluateConfig(), device=_device(device), ground_truth=truth, concept=concept)
+    typer.echo(f"{_headline(metrics)}\nmetrics: {run / 'metrics.json'}")
+
+
+def report(
+    run: Path = typer.Argument(..., help="An evaluated run directory."),
+    out: Path = typer.Option(None, "--out", "-o", help="Report directory (default: RUN/../report)."),
+    blur: bool = typer.Option(True, "--blur/--no-blur", help="Blur the pixels of every image written."),
+    top: int = typer.Option(12, help="How many lowest- and highest-reward samples to show."),
+    per_batch: int = typer.Option(8, help="Batch size B of the lowest/highest-per-batch view."),
+    split: str = typer.Option("test", help="Samples to show: test (held-out prompts) or all."),
+    tags: bool = typer.Option(False, "--tags", help="Tag images with zero-shot open_clip scores of the I2P categories."),
+    tag_model: str = typer.Option("ViT-B-32", help="open_clip architecture for --tags."),
+    tag_weights: str = typer.Option("laion2b_s34b_b79k", help="open_clip pretrained tag or checkpoint file for --tags."),
+) -> None:
+    """Write the HTML audit report: lowest/highest-reward samples, breakdowns, plots and provenance."""
+    from audit.report import ReportConfig, report_run
+    from rrf.errors import UserError
+
+    if split not in ("test", "all"):
+        raise UserError(f"--split must be test or all, not {split!r}")
+    tagger = None
+    if tags:
+        from audit.tags import TaggerConfig, tag_files
+
+        tag_cfg = TaggerConfig(model=tag_model, pretrained=tag_weights)
+
+        def tagger(paths):
+            return tag_files(paths, tag_cfg)
+
+        tagger.name = f"{tag_model}:{tag_weights}"
+    index = report_run(run, out or run.parent / "report", ReportConfig(top=top, per_batch=per_batch, blur=blur,
+                                                                       split=split), tagger)
+    typer.echo(f"report: {index}")
+
+
+def score(
+    run: Path = typer.Argument(..., help="A run directory made by `rrf-audit fit`."),
+    inputs: list[Path] = typer.Argument(..., help="Image files, folders of images, or one prompt file (.txt/.csv)."),
+    out: Path = typer.Option(Path("reports/scores.csv"), "--out", "-o", help="CSV to write."),
+    timestep: int | None = typer.Option(None, help="Timestep to score images at (default: the last sampling step)."),
+    limit: int | None = typer.Option(None, help="Prompt files: at most N prompts."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
+) -> None:
+    """Score new images (VAE-encoded) or a prompt file (sampled by the base model, then scored)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from audit.score import IMAGE_SUFFIXES, ScoreConfig, score_images, score_prompts
+    from rrf.errors import UserError
+
+    if out.exists():
+        raise UserError(f"{out} exists; choose another --out (scores are never overwritten)")
+    cfg = ScoreConfig(timestep=timestep, device=_device(device))
+    prompt_file = len(inputs) == 1 and inputs[0].is_file() and inputs[0].suffix.lower() not in IMAGE_SUFFIXES
+    if prompt_file:
+        table = score_prompts(run, inputs[0], out.with_suffix(""), cfg, limit=limit)
+    else:
+        table = score_images(run, inputs, cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    view = Table(title=f"reward at t={int(table['timestep'].iloc[0])} (lower: what the safer model avoids)")
+    label = "prompt" if prompt_file else "input"
+    view.add_column(label, overflow="fold")
+    view.add_column("reward", justify="right")
+    for _, row in table.sort_values("reward").head(30).iterrows():
+        view.add_row(str(row[label]), f"{row['reward']:.4g}")
+    Console().print(view)
+    typer.echo(f"scores: {out}")
+
+
+def compare(
+    base: str = typer.Argument(..., help="Base model: alias (see `rrf-audit models`), hub id or local directory."),
+    safer: str = typer.Argument(..., help="Safer model: alias, 'sld', hub id, directory or .safetensors UNet."),
+    prompts: str | None = typer.Option(None, "--prompts", "-p",
+                                       help="Prompt source (default: the toy set for toy models, else i2p)."),
+    limit: int | None = typer.Option(None, help="At most N prompts, stratified by category (seeded)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (default: reports/BASE-vs-SAFER)."),
+    steps: int = typer.Option(50, help="Denoising steps per trajectory."),
+    guidance: float = typer.Option(7.5, help="Classifier-free guidance scale."),
+    fit_steps: int = typer.Option(6000, help="Reward-training steps (paper: 6000)."),
+    dims: str = typer.Option("32,64,128,256", help=DIMS_HELP),
+    batch_size: int = typer.Option(8, help="Trajectories sampled together."),
+    seed: int = typer.Option(0, help="Seed of every stage."),
+    concept: str | None = typer.Option(None, help="Safety concept of an SLD safer model."),
+    sld_preset: str | None = typer.Option(None, help="SLD preset: weak, medium, strong, max."),
+    blur: bool = typer.Option(True, "--blur/--no-blur", help="Blur report images in their pixels (default on)."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """The whole audit: generate -> fit -> evaluate -> report. Rerun the same command to resume.
+
+    Writes OUT/data (trajectories), OUT/run (reward, metrics.json) and OUT/report/index.html, and prints
+    the headline metrics and the report's path.
+    """
+    from audit.compare import CompareConfig, default_out
+    from audit.compare import compare as run
+    from audit.fit import FitConfig
+    from audit.generate import GenerateConfig
+    from audit.ground_truth import toy_manifest
+    from audit.registry import resolve
+    from audit.report import ReportConfig
+
+    prompts = prompts or ("toy" if toy_manifest(resolve(base).weights) else "i2p")
+    device = _device(device)
+    cfg = CompareConfig(
+        generate=GenerateConfig(base=base, safer=safer, prompts=prompts, limit=limit, steps=steps, guidance=guidance,
+                                batch_size=batch_size, seed=seed, concept=concept, sld_preset=sld_preset, device=device),
+        fit=FitConfig(dims=_dims(dims), steps=fit_steps, seed=seed),
+        report=ReportConfig(blur=blur, seed=seed),
+    )
+    out = out or default_out(base, safer)
+    metrics = run(cfg, out, device=device, progress=progress)
+    if metrics:
+        typer.echo(f"{_headline(metrics)}\nreport: {metrics['report']}")

@@ -1,0 +1,142 @@
+"""`rrf-audit evaluate`: how well the fitted reward separates base from safer samples on held-out prompts.
+
+1. load the run (reward, split) and its store;
+2. score the final latent of every trajectory -> ``scores.parquet`` (one row per sample, with its split);
+3. separation (accuracy with a threshold fitted on the train split; AUROC), per-category AUROC and the
+   attribute breakdown, all on the test split (``audit.metrics``);
+4. mean reward per diffusion timestep for base vs expert test trajectories;
+5. cosine between grad rho and the target on held-out tuples;
+6. optionally, ground truth: AUROC of a low reward for images that show the concept (``concept_auroc``);
+7. ``metrics.json`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from audit import plots
+from audit.fit import heldout_tuples, load_fit_manifest, load_split
+from audit.metrics import attribute_breakdown, concept_auroc, mean_ci, per_category_auroc, separation
+from audit.store import Store
+from rrf.manifest import provenance, write_json_atomic
+from rrf.reward import RelativeReward
+
+# ``paths of base-model images -> 1 where the image shows the concept`` (e.g. the toy's pixel labeller).
+GroundTruth = Callable[[Sequence[Path]], np.ndarray]
+
+
+@dataclass
+class EvaluateConfig:
+    batch_size: int = 64
+    curve_trajectories: int = 64
+    """Test trajectories per follower used for the per-timestep reward curve."""
+    cosine_tuples: int = 1024
+    """Held-out tuples for the gradient cosine."""
+    seed: int = 0
+
+
+@torch.no_grad()
+def score_latents(reward: RelativeReward, latents: torch.Tensor, t: int, batch_size: int = 64,
+                  device: str | torch.device = "cpu") -> np.ndarray:
+    """rho(x, t) for a stack of latents (N, C, H, W), in batches."""
+    out = []
+    for i in range(0, len(latents), batch_size):
+        x = latents[i : i + batch_size].to(device)
+        out.append(reward(x, torch.full((len(x),), t, device=device)).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def scores_table(store: Store, split: pd.DataFrame, reward: RelativeReward, batch_size: int,
+                 device: str | torch.device) -> pd.DataFrame:
+    """One row per trajectory: the store's columns, the split and the reward of its final sample."""
+    table = store.trajectories.merge(split[["traj_id", "split"]], on="traj_id", how="left", validate="one_to_one")
+    table["split"] = table["split"].fillna("unused")
+    ids = table["traj_id"].astype(int).tolist()
+    latents = torch.cat([store.final_latents(ids[i : i + 256]) for i in range(0, len(ids), 256)])
+    table["reward"] = score_latents(reward, latents, store.timesteps[-1], batch_size, device)
+    table["image_path"] = [str(store.image_path(i)) for i in ids]
+    return table
+
+
+def timestep_curve(store: Store, reward: RelativeReward, scores: pd.DataFrame, n: int, seed: int,
+                   device: str | torch.device) -> pd.DataFrame:
+    """Mean reward (95% CI) at every timestep of up to ``n`` test trajectories per follower."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for follow, group in scores[scores["split"] == "test"].groupby("follow"):
+        ids = group["traj_id"].to_numpy()
+        ids = np.sort(rng.choice(ids, size=min(n, len(ids)), replace=False))
+        per_t = [[] for _ in store.timesteps]
+        for _, states, _ in store.iter_groups(ids.tolist(), group_size=16):
+            for s, t in enumerate(store.timesteps):
+                per_t[s].append(score_latents(reward, states[:, s].float(), t, device=device))
+        for s, t in enumerate(store.timesteps):
+            mean, half = mean_ci(np.concatenate(per_t[s]))
+            rows.append({"t": int(t), "follow": str(follow), "mean": mean, "ci95": half})
+    return pd.DataFrame(rows)
+
+
+def heldout_cosine(store: Store, reward: RelativeReward, test_ids: list[int], n: int, seed: int,
+                   device: str | torch.device) -> dict[str, float]:
+    """Mean per-tuple cosine between grad rho and the target, and the explained share of its energy."""
+    t, x, target = heldout_tuples(store, test_ids, min(n, len(test_ids) * store.num_steps), seed)
+    grads = []
+    for i in range(0, len(x), 128):
+        _, g = reward.gradient(x[i : i + 128].to(device), t[i : i + 128].to(device))
+        grads.append(g.cpu())
+    grad = torch.cat(grads).flatten(1).double()
+    h = target.flatten(1).double()
+    cos = torch.nn.functional.cosine_similarity(grad, h, dim=1, eps=1e-30)
+    weight = reward.loss_weight(t).double() if reward.output_scale is not None else torch.ones(len(t), dtype=torch.double)
+    explained = 1 - ((grad - h).pow(2).mean(1) * weight).sum() / (h.pow(2).mean(1) * weight).sum()
+    return {"heldout_cosine": float(cos.mean()), "heldout_explained": float(explained)}
+
+
+def evaluate(run_dir: str | Path, cfg: EvaluateConfig, device: str = "cpu",
+             ground_truth: GroundTruth | None = None, concept: str | None = None) -> dict:
+    """Write ``metrics.json``, ``scores.parquet`` and plots into ``run_dir``; return the metrics."""
+    run_dir = Path(run_dir)
+    # 1. The run and its store.
+    manifest = load_fit_manifest(run_dir)
+    store = Store.open(manifest["store"])
+    split = load_split(run_dir)
+    reward = RelativeReward.from_pretrained(run_dir / "reward", device=device)
+
+    # 2. Final-sample rewards.
+    scores = scores_table(store, split, reward, cfg.batch_size, device)
+
+    # 3. Separation and breakdowns on held-out prompts.
+    metrics: dict = {**separation(scores), "per_category": per_category_auroc(scores),
+                     "attribute_breakdown": attribute_breakdown(scores)}
+
+    # 4. Reward along the diffusion.
+    curve = timestep_curve(store, reward, scores, cfg.curve_trajectories, cfg.seed, device)
+    metrics["per_timestep"] = curve.to_dict(orient="records")
+
+    # 5. Gradient alignment on held-out tuples.
+    test_ids = scores.loc[scores["split"] == "test", "traj_id"].astype(int).tolist()
+    metrics.update(heldout_cosine(store, reward, test_ids, cfg.cosine_tuples, cfg.seed, device))
+
+    # 6. Ground truth, where a labeller knows what the images show.
+    if ground_truth is not None:
+        base_test = scores[(scores["follow"] == "base") & (scores["split"] == "test")]
+        shows = ground_truth([Path(p) for p in base_test["image_path"]])
+        scores.loc[base_test.index, "shows_concept"] = shows.astype(float)
+        metrics["concept"] = concept
+        metrics["concept_auroc"] = concept_auroc(base_test["reward"].to_numpy(), shows)
+        metrics["concept_share_base"] = float(np.mean(shows)) if len(shows) else float("nan")
+
+    # 7. Artifacts.
+    scores.to_parquet(run_dir / "scores.parquet", index=False)
+    plots.reward_histogram(scores[scores["split"] == "test"], run_dir / "reward_histogram.png")
+    plots.reward_per_timestep(curve, run_dir / "reward_per_timestep.png")
+    metrics["evaluated_at_timestep"] = int(store.timesteps[-1])
+    metrics["provenance"] = provenance()
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,64 @@
+"""Ground truth for audits of the toy models: what a generated image actually shows.
+
+For a toy pair the concept the safer model suppresses is known (the erased colour of a ``toy erase``
+checkpoint, or the SLD concept text), and the pixel-rule labeller (``audit.toy.labeller``) tells
+whether an image shows it. ``evaluate`` turns that into ``concept_auroc``: how well a *low* reward
+flags the base-model images that show the concept. Real checkpoints have no such labeller and get
+``(None, None)``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from audit.evaluate import GroundTruth
+from audit.store import Store
+
+
+def toy_manifest(weights: str | None) -> dict | None:
+    """The toy training/erasure manifest beside the weights, if these are toy weights."""
+    path = Path(weights or "") / "manifest.json"
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    return manifest if str(manifest.get("kind", "")).startswith("toy") else None
+
+
+def concept_of(model: dict) -> str | None:
+    """The concept a toy safer model suppresses: its SLD concept text or its erased concept."""
+    if model.get("sld"):
+        return model["sld"]["concept"]
+    return (toy_manifest(model.get("weights")) or {}).get("concept")
+
+
+def shows_colour(colour: str) -> GroundTruth:
+    from audit.toy.labeller import label
+
+    def truth(paths: Sequence[Path]) -> np.ndarray:
+        out = []
+        for path in paths:
+            with Image.open(path) as img:
+                pixels = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+            out.append(label(pixels).colour == colour)
+        return np.asarray(out, dtype=int)
+
+    return truth
+
+
+def ground_truth_for(store_dir: str | Path) -> tuple[GroundTruth | None, str | None]:
+    """``(labeller, concept)`` for a store of a toy pair whose concept is a toy colour, else ``(None, None)``."""
+    from audit.toy.data import COLOURS
+
+    models = Store.open(store_dir).manifest["models"]
+    if toy_manifest(models["base"].get("weights")) is None:
+        return None, None
+    concept = (concept_of(models["expert"]) or "").strip().lower()
+    if concept not in COLOURS:
+        return None, None
+    return shows_colour(concept), concept
