@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,7 @@ class Trainer:
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.ema = EMAModel(self._unwrapped().parameters(), decay=config.ema_decay, foreach=False)
         self.step = 0
+        self._seconds = {"data": 0.0, "step": 0.0, "count": 0}  # since the last log line
 
     # -- public ------------------------------------------------------------------------------------
 
@@ -134,7 +136,7 @@ class Trainer:
                     info = self._train_step()
                     self.step += 1
                     if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                        self._log({"split": "train", **info})
+                        self._log({"split": "train", **info, **self._timing()})
                     if self.validate and cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
                         self._log({"split": "val", **self._run_validation()})
                     if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
@@ -159,8 +161,10 @@ class Trainer:
 
     def _train_step(self) -> dict[str, float]:
         acc = self.accelerator
+        start = time.perf_counter()
         torch.manual_seed(step_seed(self.config.seed, self.step, acc.process_index))
         batch = self.batches(self.step)
+        self._seconds["data"] += time.perf_counter() - start
         self.model.train()
         with acc.autocast():
             loss, info = self.loss_fn(self.model, batch)
@@ -177,7 +181,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.step(self._unwrapped().parameters())
         info["lr"] = self.scheduler.get_last_lr()[0]
+        self._seconds["step"] += time.perf_counter() - start
+        self._seconds["count"] += 1
         return info
+
+    def _timing(self) -> dict[str, float]:
+        """Seconds per step and the share of it spent waiting for data, over the steps since the last log."""
+        data, total, count = self._seconds["data"], self._seconds["step"], self._seconds["count"]
+        self._seconds = {"data": 0.0, "step": 0.0, "count": 0}
+        return {"seconds_per_step": total / max(count, 1), "data_fraction": data / total if total else 0.0}
 
     def _run_validation(self) -> dict[str, float]:
         with torch.no_grad():
