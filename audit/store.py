@@ -238,12 +238,13 @@ class Store:
                 state_slice = f.get_slice("states")
                 step_slice = None if final_only else f.get_slice("relative_step")
                 for i in where:
+                    # Slices are views of the file's memory map: copy them, or every shard ever read stays mapped.
                     row = int(self._row_of[ids[i]])
                     if final_only:
-                        states[i] = state_slice[row, s]
+                        states[i] = state_slice[row, s].clone()
                     else:
-                        states[i] = state_slice[row]
-                        steps[i] = step_slice[row]
+                        states[i] = state_slice[row].clone()
+                        steps[i] = step_slice[row].clone()
         if not len(ids):
             shape = (0, *self.latent_shape) if final_only else (0, s + 1, *self.latent_shape)
             return torch.zeros(shape), None if final_only else torch.zeros(0, s, *self.latent_shape)
