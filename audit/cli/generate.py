@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+REPO = Path(__file__).resolve().parents[2]
 PROMPTS_HELP = "Prompt source: 'i2p' (hub dataset), a shipped set ('harmless'), or a .csv/.parquet/.txt file."
 
 
@@ -94,7 +95,9 @@ def models() -> None:
         if spec.sld is not None:
             concept = spec.sld.concept if len(spec.sld.concept) <= 24 else spec.sld.concept[:21] + "..."
             sld = f"SLD {spec.sld_preset or 'custom'}, concept {concept!r}"
-        table.add_row(name, spec.weights, sld, spec.description)
+        weights = Path(spec.weights)
+        shown = str(weights.relative_to(REPO)) if weights.is_relative_to(REPO) else spec.weights
+        table.add_row(name, shown, sld, spec.description)
     table.add_row("sld", "(the other model's weights)", "SLD max (--sld-preset, --concept)",
                   "Safe Latent Diffusion on the base model, as the safer side")
     Console().print(table)
