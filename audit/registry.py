@@ -115,7 +115,8 @@ def _lookup(name: str, other: ModelSpec | None) -> ModelSpec:
         if other is None:
             raise UserError("'sld' means Safe Latent Diffusion on the other model's weights; use it as the safer model")
         base = replace(other, sld=None, sld_preset=None)
-        return replace(base, name=f"sld({other.name})", sld=SLDConfig.preset("max"), sld_preset="max",
+        # The name stays "sld" (what the user typed), so a manifest's names rebuild the same GenerateConfig.
+        return replace(base, name="sld", sld=SLDConfig.preset("max"), sld_preset="max",
                        description=f"Safe Latent Diffusion (MAX) on {other.name}")
     path = Path(name).expanduser()
     if path.is_dir() or path.suffix == ".safetensors":
