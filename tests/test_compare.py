@@ -1,0 +1,35 @@
+"""`rrf-audit compare` end to end on two tiny random-weight checkpoints: every stage, resume, refusal."""
+
+import json
+import time
+
+from tiny_sd import run_main, single_thread, tiny_sd, tiny_sd_finetune  # noqa: F401 (fixtures and helper)
+
+I2P = "/work/shared/data/i2p.csv"
+
+
+def test_compare_runs_every_stage_resumes_and_refuses_other_settings(tiny_sd, tiny_sd_finetune, tmp_path,  # noqa: F811
+                                                                    monkeypatch, capsys):
+    out = tmp_path / "audit"
+    args = ["compare", str(tiny_sd), str(tiny_sd_finetune), "--prompts", I2P, "--limit", "16", "--steps", "6",
+            "--fit-steps", "60", "--dims", "16,32", "--device", "cpu", "--no-progress", "--out", str(out)]
+    code, stdout, stderr = run_main(monkeypatch, capsys, *args)
+    assert code == 0, stderr
+    assert f"report: {out / 'report' / 'index.html'}" in stdout and "accuracy" in stdout
+    metrics = json.loads((out / "run" / "metrics.json").read_text())
+    assert {"accuracy", "auroc", "per_category", "n_test"} <= set(metrics)
+    assert (out / "data" / "manifest.json").is_file() and (out / "run" / "reward" / "config.json").is_file()
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["config"]["blur"] is True  # blurred by default
+
+    reward = (out / "run" / "reward" / "diffusion_pytorch_model.safetensors").read_bytes()
+    started = time.perf_counter()
+    code, _, stderr = run_main(monkeypatch, capsys, *args)
+    assert code == 0, stderr
+    assert (out / "run" / "reward" / "diffusion_pytorch_model.safetensors").read_bytes() == reward
+    assert json.loads((out / "run" / "metrics.json").read_text())["accuracy"] == metrics["accuracy"]
+    assert time.perf_counter() - started < 60  # nothing was regenerated or retrained
+
+    code, _, stderr = run_main(monkeypatch, capsys, *[a if a != "60" else "61" for a in args])
+    assert code == 2 and "different settings" in stderr and "Traceback" not in stderr
+    assert (out / "run" / "reward" / "diffusion_pytorch_model.safetensors").read_bytes() == reward
