@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from collections import deque
 from dataclasses import dataclass
@@ -30,7 +32,15 @@ MAZE_NAMES = ("open", "umaze", "medium", "large")
 BALL_RADIUS = 0.1  # point.xml's particle geom; the ball's centre never gets closer to a wall than this
 
 
+def _robotics():
+    """``gymnasium_robotics``, imported without the notice it prints to stderr (about Adroit reward versions)."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        import gymnasium_robotics
+    return gymnasium_robotics
+
+
 def _maps() -> dict[str, list[list]]:
+    _robotics()
     from gymnasium_robotics.envs.maze import maps
 
     return {"open": maps.OPEN, "umaze": maps.U_MAZE, "medium": maps.MEDIUM_MAZE, "large": maps.LARGE_MAZE}
@@ -191,12 +201,13 @@ class PointMassSim:
     """A batch of PointMaze balls in one layout, stepped together with ``mujoco.rollout`` (one thread)."""
 
     def __init__(self, layout: MazeLayout):
-        import gymnasium_robotics
         import mujoco
-        from gymnasium_robotics.envs.maze.maze_v4 import Maze
         from mujoco import rollout
 
-        point_xml = os.path.join(os.path.dirname(gymnasium_robotics.__file__), "envs", "assets", "point", "point.xml")
+        robotics = _robotics()
+        from gymnasium_robotics.envs.maze.maze_v4 import Maze
+
+        point_xml = os.path.join(os.path.dirname(robotics.__file__), "envs", "assets", "point", "point.xml")
         maze_map = [[1 if w else 0 for w in row] for row in layout.walls]
         # PointMazeEnv's settings: maze_size_scaling=1, maze_height=0.4. make_maze writes a temp file.
         _, xml_path = Maze.make_maze(point_xml, maze_map, 1, 0.4)
