@@ -66,7 +66,12 @@ def scores_table(store: Store, split: pd.DataFrame, reward: RelativeReward, batc
 
 def timestep_curve(store: Store, reward: RelativeReward, scores: pd.DataFrame, n: int, seed: int,
                    device: str | torch.device) -> pd.DataFrame:
-    """Mean reward (95% CI) at every timestep of up to ``n`` test trajectories per follower."""
+    """Mean reward (95% CI) at every timestep of up to ``n`` test trajectories per follower.
+
+    The reward at each t is divided by that timestep's target scale (the RMS of the one-step
+    difference), so that early and late timesteps are on one axis: the raw reward shrinks with the
+    step size toward t = 0.
+    """
     rng = np.random.default_rng(seed)
     rows = []
     for follow, group in scores[scores["split"] == "test"].groupby("follow"):
@@ -75,7 +80,8 @@ def timestep_curve(store: Store, reward: RelativeReward, scores: pd.DataFrame, n
         per_t = [[] for _ in store.timesteps]
         for _, states, _ in store.iter_groups(ids.tolist(), group_size=16):
             for s, t in enumerate(store.timesteps):
-                per_t[s].append(score_latents(reward, states[:, s].float(), t, device=device))
+                scale = 1.0 if reward.output_scale is None else float(reward.output_scale(torch.tensor([t])))
+                per_t[s].append(score_latents(reward, states[:, s].float(), t, device=device) / scale)
         for s, t in enumerate(store.timesteps):
             mean, half = mean_ci(np.concatenate(per_t[s]))
             rows.append({"t": int(t), "follow": str(follow), "mean": mean, "ci95": half})

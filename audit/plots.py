@@ -45,7 +45,7 @@ def reward_per_timestep(curve: pd.DataFrame, path: str | Path) -> Path:
         ax.fill_between(group["t"], group["mean"] - group["ci95"], group["mean"] + group["ci95"],
                         color=COLORS[str(follow)], alpha=0.2)
     ax.set_xlabel("diffusion timestep t (sampling runs right to left)")
-    ax.set_ylabel("mean reward")
+    ax.set_ylabel("mean reward / target scale at t")
     ax.invert_xaxis()
     ax.legend()
     fig.tight_layout()
