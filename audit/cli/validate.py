@@ -44,3 +44,44 @@ def gaussian(
     console.print(f"results: {out / 'validation.json'}")
     if not result["passed"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def locomotion(
+    out: Path = typer.Option(Path("reports/validate-locomotion"), "--out", help="Output directory (rerun to resume)."),
+    profile: str = typer.Option("paper", "--profile",
+                                help="paper: HalfCheetah, Hopper, Walker2d at the paper's settings scaled to a CPU "
+                                     "(hours on 2 cores); quick: HalfCheetah, short episodes, small models (minutes)."),
+    envs: str = typer.Option(None, "--envs", help="Comma-separated subset of halfcheetah,hopper,walker2d."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the policy search, data, training and rollouts."),
+    episodes: int = typer.Option(None, "--episodes", min=2, help="Closed-loop episodes per evaluated planner."),
+    sweep: str = typer.Option(None, "--sweep", help="Comma-separated omegas: pick each guide's omega by a separate "
+                                                    "closed-loop run instead of the paper's Tables 4/5 values."),
+    sweep_t_stopgrad: str = typer.Option(None, "--sweep-t-stopgrad", help="Comma-separated t_stopgrad values to sweep."),
+    dataset: list[str] = typer.Option([], "--dataset", help="ENV:KIND=PATH: use a D4RL-format HDF5 file (or "
+                                                            "minari:<id>) as the replay or expert data of ENV."),
+    cache: Path = typer.Option(None, "--cache", help="Cache of ARS policies and our datasets "
+                                                    "(default $RRF_AUDIT_CACHE or ~/.cache/rrf-audit)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads (more only helps on idle cores)."),
+) -> None:
+    """Steer a weak locomotion planner with the reward extracted between it and an expert planner (paper Table 1).
+
+    Writes OUT/results.json (per environment: unsteered, discriminator, reward, p_value, the planner
+    gate, the checks), OUT/table.md beside the paper's Table 1 and OUT/<env>/returns.png. Stops with
+    exit 2 if a planner fails the gate; exits 1 if the profile's targets are missed.
+    """
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from rrf.decision.validate_locomotion import LocomotionConfig, run, table_markdown
+
+    cfg = LocomotionConfig.from_options(profile, envs=envs, seed=seed, episodes=episodes, sweep=sweep,
+                                        sweep_t_stopgrad=sweep_t_stopgrad, datasets=dataset, cache=cache,
+                                        threads=threads)
+    console = Console()
+    result = run(out, cfg, console)
+    console.print(Markdown(table_markdown(result["envs"])))
+    console.print(f"targets: {result['targets']} -> {'passed' if result['passed'] else '[red]missed[/]'}")
+    console.print(f"results: {out / 'results.json'}")
+    if not result["passed"]:
+        raise typer.Exit(1)
