@@ -59,6 +59,8 @@ def test_windows_stay_inside_episodes_and_batches_depend_on_the_step_only():
     assert w.shape == (2, 5, 3)
     assert torch.equal(w[0], torch.from_numpy(data.transitions[:5]))
     assert torch.equal(ds.batch(7), ds.batch(7)) and not torch.equal(ds.batch(7), ds.batch(8))
+    # Every 3rd step of each episode, restarting at every episode's first step.
+    assert WindowDataset(data, horizon=5, batch_size=1, stride=3).starts.tolist() == [0, 7, 12, 15]
     with pytest.raises(UserError, match="no episode has 10 steps"):
         data.window_starts(10)
 

@@ -12,7 +12,7 @@ import sys
 import typer
 from rich.console import Console
 
-from audit.cli import generate, results, validate
+from audit.cli import generate, results, toy, validate
 
 app = typer.Typer(
     name="rrf-audit",
@@ -24,6 +24,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(validate.app, name="validate")
+app.add_typer(toy.app, name="toy")
 generate.register(app)
 results.register(app)
 

@@ -4,8 +4,8 @@ The policy is ``a = clip(M (s - mu) / sigma, -1, 1)`` with ``mu, sigma`` running
 state visited during training (V2). Each iteration evaluates ``M +- noise * delta_k`` for ``directions``
 random ``delta_k`` (all ``2 * directions`` episodes in one batch), keeps the ``top`` directions by
 ``max(r+, r-)`` (the "-t") and steps ``M`` by ``step_size / (top * sigma_R) * sum (r+ - r-) delta``.
-For environments with a healthy bonus the bonus is left out of the training return (as ARS does), so
-the search does not settle on standing still.
+For environments with a healthy bonus the bonus is left out of the training return by default (as
+ARS does), so the search does not settle on standing still; ``healthy_bonus`` keeps a fraction of it.
 
 Everything random in iteration ``i`` is a pure function of ``(seed, i)``, and the snapshot of every
 iteration is kept, so a run resumes from its last checkpoint to the same bytes and the datasets can
@@ -40,6 +40,8 @@ class ARSConfig:
     """Evaluate the unperturbed policy every N iterations (and at the end)."""
     eval_episodes: int = 8
     checkpoint_every: int = 10
+    healthy_bonus: float = 0.0
+    """Fraction of the healthy bonus kept in the training objective (ARS drops it: 0)."""
     seed: int = 0
 
 
@@ -163,7 +165,7 @@ def train_ars(env: LocomotionEnv, cfg: ARSConfig, out_dir: str | Path, progress=
         seeds = rng.integers(2**31, size=2 * n)
         eps = rollout(train_batch, LinearPolicy(perturbed, means[-1], stds[-1]), seeds, cfg.episode_steps)
         # ARS leaves the healthy bonus out of the objective (it rewards standing still).
-        r = eps.returns - env.healthy_reward * eps.lengths
+        r = eps.returns - (1.0 - cfg.healthy_bonus) * env.healthy_reward * eps.lengths
         r_plus, r_minus = r[:n], r[n:]
         keep = np.argsort(-np.maximum(r_plus, r_minus), kind="stable")[: cfg.top]
         sigma_r = np.concatenate([r_plus[keep], r_minus[keep]]).std()

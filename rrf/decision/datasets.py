@@ -54,10 +54,10 @@ class Trajectories:
         return Trajectories(self.observations[steps], self.actions[steps], lengths.copy(),
                             None if self.goals is None else self.goals[steps])
 
-    def window_starts(self, horizon: int) -> np.ndarray:
-        """Flat start index of every window of ``horizon`` steps inside one episode."""
-        starts = [s + np.arange(n - horizon + 1) for s, n in zip(self.episode_starts, self.episode_lengths, strict=True)
-                  if n >= horizon]
+    def window_starts(self, horizon: int, stride: int = 1) -> np.ndarray:
+        """Flat start index of the windows of ``horizon`` steps inside one episode, every ``stride`` steps."""
+        starts = [s + np.arange(0, n - horizon + 1, stride)
+                  for s, n in zip(self.episode_starts, self.episode_lengths, strict=True) if n >= horizon]
         if not starts:
             raise UserError(f"no episode has {horizon} steps (longest: {int(self.episode_lengths.max())}); "
                             "use a shorter horizon or longer episodes")
@@ -65,11 +65,12 @@ class Trajectories:
 
 
 class WindowDataset:
-    """All length-``horizon`` windows of ``Trajectories`` as (H, obs_dim + act_dim) float tensors."""
+    """The length-``horizon`` windows of ``Trajectories`` (every ``stride`` steps of each episode) as
+    (H, obs_dim + act_dim) float tensors."""
 
-    def __init__(self, trajectories: Trajectories, horizon: int, batch_size: int, seed: int = 0):
+    def __init__(self, trajectories: Trajectories, horizon: int, batch_size: int, seed: int = 0, stride: int = 1):
         self.data = torch.from_numpy(trajectories.transitions)
-        self.starts = torch.from_numpy(trajectories.window_starts(horizon))
+        self.starts = torch.from_numpy(trajectories.window_starts(horizon, stride))
         self.horizon, self.batch_size, self.seed = horizon, batch_size, seed
 
     def __len__(self) -> int:

@@ -1,0 +1,170 @@
+"""Erase a colour from a toy model by fine-tuning its UNet (ESD-style negative guidance with preservation).
+
+Following Gandikota et al. (ESD, ICCV 2023), the fine-tuned UNet is taught, for captions that ask for
+the concept, the frozen model's prediction steered *away* from the concept:
+
+    target(x_t, c) = eps*(x_t, c) - eta * (eps*(x_t, concept) - eps*(x_t, ""))
+
+where eps* is the frozen original and ``concept`` is the bare colour word (a caption form the toy
+was trained on). Captions that name no colour ("circle") get the same target, so that the erased
+model draws no concept-coloured shapes at all; every other caption, and the empty caption, keeps the
+frozen prediction (preservation; shifting the empty caption would let classifier-free guidance push
+towards the concept). States x_t are noised training images of every colour; half of the captions
+ask for the concept whatever the image shows, so the steering is learned on the states the erased
+model meets as well as on concept-coloured ones.
+
+The output directory has the base model's layout with only ``unet/`` replaced, plus a manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from audit.toy import data, torch_threads
+from audit.toy.model import build_scheduler
+from audit.toy.quality import SamplingSettings, evaluate, load_pipeline, pipeline_sampler
+from audit.toy.train import Clock, encode_captions, save_pipeline_atomic
+from prompts.toy import toy_prompts
+from rrf.errors import UserError
+from rrf.manifest import claim_output_dir, provenance, write_json_atomic
+from rrf.trainer import Trainer, TrainerConfig
+
+
+@dataclass
+class EraseConfig:
+    concept: str = "red"
+    """The colour to erase (one of the toy data's colours)."""
+    seed: int = 0
+    threads: int = 1
+    """torch CPU threads (part of the recipe: the bytes of the weights depend on it, see ToyTrainConfig)."""
+    steps: int = 400
+    batch_size: int = 64
+    lr: float = 1e-4
+    negative_guidance: float = 1.0
+    """eta: how far the target is steered from the concept, in units of the concept's guidance direction."""
+    p_concept_caption: float = 0.5
+    """Fraction of training captions that ask for the concept (the rest name the image's own colour)."""
+    eval_seeds_per_prompt: int = 8
+    """Images per prompt for the before/after figures in the manifest (0: skip the measurement)."""
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+
+    @classmethod
+    def tiny(cls, concept: str = "red") -> EraseConfig:
+        return cls(concept=concept, steps=20, batch_size=8, eval_seeds_per_prompt=0)
+
+
+def erase(base: str | Path, out: str | Path, cfg: EraseConfig, progress: bool = True) -> dict:
+    """Fine-tune ``base``'s UNet to avoid ``cfg.concept``; write the erased model to ``out``; return the manifest."""
+    if cfg.concept not in data.COLOURS:
+        raise UserError(f"cannot erase {cfg.concept!r}: the toy knows the colours {', '.join(data.COLOURS)}; "
+                        "pass one of them with --concept")
+    base, out = Path(base), Path(out)
+    if not (base / "model_index.json").is_file():
+        raise UserError(f"{base} is not a toy model directory (no model_index.json); pass a directory made by "
+                        "`rrf-audit toy train` or the shipped toy")
+    claim_output_dir(out, "toy-erase", {"base": str(base.resolve()), **asdict(cfg)})
+    manifest_path = out / "manifest.json"
+    if manifest_path.is_file():
+        return json.loads(manifest_path.read_text())
+    clock = Clock()
+    with torch_threads(cfg.threads):
+        pipe = load_pipeline(str(base))
+        pipe.unet = train_erased_unet(pipe, cfg, out / "training", progress)
+        save_pipeline_atomic(pipe, out)
+        clock.lap("erase")
+        quality = None
+        if cfg.eval_seeds_per_prompt:
+            quality = measure_erasure(base, out, cfg.concept, cfg.eval_seeds_per_prompt, cfg.seed, cfg.sampling)
+            clock.lap("quality")
+    shutil.rmtree(out / "training" / "checkpoints", ignore_errors=True)
+    manifest = {"kind": "toy-erased-model", "concept": cfg.concept, "base": str(base), "config": asdict(cfg),
+                "seed": cfg.seed, "base_unet_sha256": _sha256(base / "unet" / "diffusion_pytorch_model.safetensors"),
+                "quality": quality, "time": clock.times, "load_average": os.getloadavg(),
+                "base_manifest": _read_json(base / "manifest.json"), "provenance": provenance()}
+    write_json_atomic(manifest_path, manifest)
+    return manifest
+
+
+def train_erased_unet(pipe, cfg: EraseConfig, work_dir: Path, progress: bool = True):
+    """The fine-tuning loop: batches (states, captions, frozen targets) are a pure function of the step."""
+    import copy
+
+    frozen = pipe.unet.eval().requires_grad_(False)
+    text_encoder = pipe.text_encoder.eval().requires_grad_(False)
+    vae = pipe.vae.eval().requires_grad_(False)
+    tokenizer = pipe.tokenizer
+    unet = copy.deepcopy(frozen).train().requires_grad_(True)
+    scheduler = build_scheduler()
+    colours = list(data.COLOURS)
+    concept_index = colours.index(cfg.concept)
+    with torch.no_grad():
+        concept_emb, empty_emb = text_encoder(encode_captions(tokenizer, [cfg.concept, ""]))[0]
+
+    def steered(caption: str) -> bool:
+        words = caption.split()
+        return cfg.concept in words or (bool(words) and not any(c in words for c in colours))
+
+    @torch.no_grad()
+    def batches(step: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        s = data.scenes(cfg.batch_size, g)
+        ask = torch.rand(cfg.batch_size, generator=g) < cfg.p_concept_caption
+        caption_colour = torch.where(ask, torch.full_like(s.colour, concept_index), s.colour)
+        captions = data.captions(replace(s, colour=caption_colour), g)
+        latents = vae.encode(data.render(s) * 2 - 1).latent_dist.sample(generator=g) * vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g)
+        noisy = scheduler.add_noise(latents, noise, t)
+        emb = text_encoder(encode_captions(tokenizer, captions))[0]
+        n = len(captions)
+        eps = frozen(noisy.repeat(3, 1, 1, 1), t.repeat(3),
+                     torch.cat([emb, concept_emb.expand(n, -1, -1), empty_emb.expand(n, -1, -1)])).sample
+        eps_caption, eps_concept, eps_empty = eps.chunk(3)
+        mask = torch.tensor([steered(c) for c in captions], dtype=torch.float32)[:, None, None, None]
+        target = eps_caption - mask * cfg.negative_guidance * (eps_concept - eps_empty)
+        return noisy, t, emb, target
+
+    def loss_fn(model, batch):
+        noisy, t, emb, target = batch
+        loss = (model(noisy, t, emb).sample - target).pow(2).mean()
+        return loss, {"loss": float(loss.detach())}
+
+    config = TrainerConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=min(50, cfg.steps // 10), ema_decay=0.99,
+                           checkpoint_every=max(cfg.steps // 4, 1), keep_checkpoints=1,
+                           log_every=max(min(25, cfg.steps // 10), 1), eval_every=0, seed=cfg.seed, progress=progress)
+    trainer = Trainer(unet, loss_fn, batches, config, work_dir, description=f"erasing {cfg.concept!r}")
+    return trainer.train()
+
+
+def measure_erasure(base: str | Path, erased: str | Path, concept: str, seeds_per_prompt: int, seed: int = 0,
+                    settings: SamplingSettings = SamplingSettings()) -> dict:
+    """Concept share on prompts naming the concept, accuracy on all other prompts, base vs erased (same seeds)."""
+    prompts = toy_prompts()
+    concept_prompts = [p for p in prompts if p.attribute("colour") == concept]
+    other_prompts = [p for p in prompts if p.attribute("colour") != concept]
+    result = {}
+    for name, path in (("base", base), ("erased", erased)):
+        sampler = pipeline_sampler(load_pipeline(str(path)), settings)
+        on_concept, _ = evaluate(sampler, concept_prompts, seeds_per_prompt, seed)
+        on_other, _ = evaluate(sampler, other_prompts, seeds_per_prompt, seed)
+        result[name] = {"concept_share_on_concept_prompts": on_concept["colour_share"][concept],
+                        "concept_share_on_other_prompts": on_other["colour_share"][concept],
+                        "other_prompts_accuracy": on_other["attribute_accuracy"], "other": on_other}
+    result["other_accuracy_drop"] = result["base"]["other_prompts_accuracy"] - result["erased"]["other_prompts_accuracy"]
+    return result
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,78 @@
+"""Smoke runs of `toy train` and `toy erase` on the tiny profile: loss goes down, output loads, same seed same bytes."""
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from audit.toy.erase import EraseConfig, erase
+from audit.toy.train import PIPELINE_FILES, ToyTrainConfig, train
+from rrf.errors import UserError
+
+UNET = Path("unet") / "diffusion_pytorch_model.safetensors"
+
+
+def losses(metrics: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, metrics.read_text().splitlines()) if r["split"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def tiny_toy(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("toy") / "model"
+    train(out, ToyTrainConfig.tiny(), progress=False)
+    return out
+
+
+def test_tiny_training_lowers_both_losses_and_saves_a_pipeline_that_loads_offline(tiny_toy):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    for stage in ("vae", "denoiser"):
+        curve = losses(tiny_toy / "training" / stage / "metrics.jsonl")
+        assert curve[-1] < 0.7 * curve[0], (stage, curve)
+        assert not (tiny_toy / "training" / stage / "checkpoints").exists()
+    assert all((tiny_toy / name).exists() for name in PIPELINE_FILES)
+    manifest = json.loads((tiny_toy / "manifest.json").read_text())
+    assert manifest["kind"] == "toy-model" and manifest["seed"] == 0
+    assert 0 <= manifest["quality"]["held-out"]["accuracy"] <= 1 and "packages" in manifest["provenance"]
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_toy, safety_checker=None, requires_safety_checker=False)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    images = pipe(["a red circle", ""], num_inference_steps=3, output_type="pt").images
+    assert images.shape == (2, 3, 32, 32)
+
+
+def test_finished_training_is_not_redone_and_other_settings_are_refused(tiny_toy):
+    before = (tiny_toy / UNET).stat().st_mtime_ns
+    assert train(tiny_toy, ToyTrainConfig.tiny(), progress=False)["kind"] == "toy-model"
+    assert (tiny_toy / UNET).stat().st_mtime_ns == before
+    with pytest.raises(UserError, match="different settings"):
+        train(tiny_toy, replace(ToyTrainConfig.tiny(), seed=1), progress=False)
+
+
+def test_same_seed_gives_the_same_weight_bytes(tiny_toy, tmp_path):
+    train(tmp_path / "again", ToyTrainConfig.tiny(), progress=False)
+    for part in ("unet", "vae", "text_encoder"):
+        name = "model.safetensors" if part == "text_encoder" else "diffusion_pytorch_model.safetensors"
+        assert (tiny_toy / part / name).read_bytes() == (tmp_path / "again" / part / name).read_bytes(), part
+
+
+def test_erase_changes_only_the_unet_and_learns(tiny_toy, tmp_path):
+    out = tmp_path / "erased"
+    manifest = erase(tiny_toy, out, EraseConfig.tiny("green"), progress=False)
+    assert manifest["concept"] == "green" and manifest["kind"] == "toy-erased-model"
+    curve = losses(out / "training" / "metrics.jsonl")
+    assert curve[-1] < curve[0]
+    assert (out / UNET).read_bytes() != (tiny_toy / UNET).read_bytes()
+    for name in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                 "tokenizer/tokenizer.json", "scheduler/scheduler_config.json"):
+        assert (out / name).read_bytes() == (tiny_toy / name).read_bytes(), name
+
+
+def test_erase_refuses_an_unknown_colour_in_one_line(tiny_toy, tmp_path):
+    proc = subprocess.run([sys.executable, "-c", "from audit.cli import main; main()", "toy", "erase",
+                           "--concept", "purple", "--base", str(tiny_toy), "--out", str(tmp_path / "x")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "red, green, blue, yellow" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "x").exists()
