@@ -11,9 +11,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[rl,dev]'
 	touch $(STAMP)
 
-## demo: the main job, end to end on this machine's CPU; ends with the path of its report.
+## demo: the main job: the shipped toy audit, end to end on this machine's CPU; ends with the path of its report.
 demo: $(STAMP)
-	$(BIN)/rrf-audit validate gaussian --out reports/validate-gaussian
+	HF_HUB_OFFLINE=1 $(BIN)/rrf-audit compare toy toy-safe --out reports/toy-vs-toy-safe
 
 ## test: the whole test suite (also what CI runs). Installs Debian's chromium for the browser test if it can.
 test: $(STAMP)

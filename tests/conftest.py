@@ -12,3 +12,8 @@ os.environ["OMP_NUM_THREADS"] = "1"
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+from pathlib import Path  # noqa: E402
+
+# The I2P CSV that users download, laid beside the repository in shared/ (the checkout's sibling).
+I2P_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "i2p.csv"

@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import I2P_CSV
 from scipy import stats
 
 from audit.metrics import attribute_breakdown, concept_auroc, per_category_auroc, separation
@@ -53,7 +54,7 @@ def test_concept_auroc_rewards_low_scores_for_concept_images():
 
 
 def test_split_is_by_prompt_stratified_and_balanced():
-    i2p = pd.read_csv("/work/shared/data/i2p.csv").head(600)  # ordered by category: a head split would be biased
+    i2p = pd.read_csv(I2P_CSV).head(600)  # ordered by category: a head split would be biased
     cats = i2p["categories"].fillna("").map(lambda c: [x.strip() for x in c.split(",") if x.strip()])
     traj = pd.DataFrame([{"prompt_id": i, "categories": c, "follow": f} for i, c in zip(i2p.index, cats, strict=True)
                          for f in ("base", "expert")])

@@ -17,6 +17,22 @@ def test_unknown_subcommand_exits_nonzero():
     assert proc.returncode == 2 and "No such command" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_usage_errors_are_one_line_naming_the_problem_and_the_help_to_read():
+    for args, problem, command in ((["frobnicate"], "No such command 'frobnicate'", "rrf-audit"),
+                                   (["generate"], "Missing argument 'base'", "rrf-audit generate"),
+                                   (["validate", "gaussian", "--bogus"], "No such option: --bogus",
+                                    "rrf-audit validate gaussian")):
+        proc = run_cli(*args)
+        assert proc.returncode == 2 and proc.stdout == "", args
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr
+        assert problem in proc.stderr and f"see '{command} --help'" in proc.stderr
+
+
+def test_a_bare_group_prints_its_help_once():
+    proc = run_cli("toy")
+    assert proc.returncode == 0 and proc.stdout.count("Usage:") == 1 and "erase" in proc.stdout
+
+
 def test_foreign_output_directory_is_refused_in_one_line_and_kept(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
     proc = run_cli("validate", "gaussian", "--quick", "--out", str(tmp_path))

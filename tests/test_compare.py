@@ -3,9 +3,10 @@
 import json
 import time
 
+from conftest import I2P_CSV
 from tiny_sd import run_main, single_thread, tiny_sd, tiny_sd_finetune  # noqa: F401 (fixtures and helper)
 
-I2P = "/work/shared/data/i2p.csv"
+I2P = str(I2P_CSV)
 
 
 def test_compare_runs_every_stage_resumes_and_refuses_other_settings(tiny_sd, tiny_sd_finetune, tmp_path,  # noqa: F811

@@ -7,6 +7,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
+from conftest import I2P_CSV
 from tiny_sd import single_thread, tiny_sd, tiny_sd_finetune  # noqa: F401 (fixtures)
 
 from audit.evaluate import EvaluateConfig, evaluate
@@ -16,7 +17,7 @@ from audit.report import ReportConfig, report_run
 from audit.score import ScoreConfig, score_images, score_prompts
 from rrf.reward import RelativeReward
 
-I2P = "/work/shared/data/i2p.csv"
+I2P = str(I2P_CSV)
 FIT = FitConfig(dims=(16, 32), steps=120, batch_size=32, eval_every=60, checkpoint_every=60, val_tuples=128)
 
 

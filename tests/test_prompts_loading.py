@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import I2P_CSV
 
 from prompts import builtin_sets, derived_seed, load_prompts, read_prompts, stratified_sample
 from rrf.errors import UserError
 
-I2P = Path("/work/shared/data/i2p.csv")
+I2P = I2P_CSV
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,8 @@ def _global_options(
     """Global options; ``--debug`` itself is handled in ``main`` so that it works after any subcommand."""
 
 err_console = Console(stderr=True, highlight=False)
+# click's UsageError as raised by the click that typer runs on (recent typer vendors its own copy).
+_USAGE_ERROR = typer.BadParameter.__mro__[1]
 
 
 def main() -> None:
@@ -45,7 +47,20 @@ def main() -> None:
     from rrf.errors import UserError
 
     try:
-        app()
+        # Not standalone: click would print a usage block and a boxed error; we print one line instead.
+        code = app(standalone_mode=False, prog_name="rrf-audit")
+    except _USAGE_ERROR as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: typer has printed its help already
+            sys.exit(0)
+        if debug:
+            raise
+        command = exc.ctx.command_path if exc.ctx else "rrf-audit"
+        err_console.print(f"[bold red]error:[/] {_one_line(exc.format_message())} (see '{command} --help')",
+                          soft_wrap=True, markup=True)
+        sys.exit(2)
+    except typer.Abort:
+        err_console.print("[bold red]aborted[/]")
+        sys.exit(130)
     except UserError as exc:
         if debug:
             raise
@@ -57,7 +72,8 @@ def main() -> None:
         err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {_one_line(exc)} "
                           "(rerun with --debug for the traceback)", soft_wrap=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException | str) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__

@@ -48,7 +48,7 @@ class EraseConfig:
     steps: int = 400
     batch_size: int = 64
     lr: float = 1e-4
-    negative_guidance: float = 1.0
+    negative_guidance: float = 3.0
     """eta: how far the target is steered from the concept, in units of the concept's guidance direction."""
     p_concept_caption: float = 0.5
     """Fraction of training captions that ask for the concept (the rest name the image's own colour)."""
