@@ -29,7 +29,7 @@ def safe_pipeline(tiny_sd):  # noqa: F811
     return pipe
 
 
-def reference_latents(pipe, prompts, seeds, concept=None, sld: SLDConfig | None = None) -> torch.Tensor:
+def reference_latents(pipe, prompts, seeds, concept=None, sld: SLDConfig | None = None, steps: int = STEPS) -> torch.Tensor:
     """Final latents of a diffusers pipeline (SLD settings -> the deprecated safe pipeline's arguments)."""
     captured = {}
     kwargs = {}
@@ -40,7 +40,7 @@ def reference_latents(pipe, prompts, seeds, concept=None, sld: SLDConfig | None 
                       sld_mom_beta=sld.momentum_beta)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pipe(prompts, num_inference_steps=STEPS, guidance_scale=7.5, output_type="np",
+        pipe(prompts, num_inference_steps=steps, guidance_scale=7.5, output_type="np",
              generator=[torch.Generator().manual_seed(s) for s in seeds], callback_steps=1,
              callback=lambda i, t, latents: captured.update(latents=latents.clone()), **kwargs)
     return captured["latents"]
@@ -51,21 +51,19 @@ def test_sld_pair_step_matches_diffusers_safe_pipeline(tiny_sd, safe_pipeline, p
     spec = resolve("sld", other=resolve(str(tiny_sd)), sld_preset=preset, concept="violence, blood")
     pair = ModelPair.load(resolve(str(tiny_sd)), spec)
     cond = pair.conditioning(PROMPTS)
-    state = pair.start(STEPS)
+    steps = max(STEPS, spec.sld.warmup_steps + 3)  # past every preset's warm-up, so its safety term is compared too
+    state = pair.start(steps)
     x = torch.cat([torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(s)) for s in (11, 12)])
     base_x = x.clone()
     for t in state.timesteps:
         _, x = pair.pair_step(x, t, cond, state)
-    expected = reference_latents(safe_pipeline, PROMPTS, (11, 12), sld=spec.sld)
+    expected = reference_latents(safe_pipeline, PROMPTS, (11, 12), sld=spec.sld, steps=steps)
     assert (x - expected).abs().max().item() < 1e-4
-    # SLD really steers the expert away from plain classifier-free guidance, once its warm-up is over.
-    state = pair.start(STEPS)
+    # SLD really steers the expert away from plain classifier-free guidance once its warm-up is over.
+    state = pair.start(steps)
     for t in state.timesteps:
         base_x, _ = pair.pair_step(base_x, t, cond, state)
-    if spec.sld.warmup_steps < STEPS:
-        assert (base_x - x).abs().max().item() > 1e-2
-    else:
-        assert torch.equal(base_x, x)
+    assert (base_x - x).abs().max().item() > 1e-3
 
 
 def test_generated_store_matches_diffusers_for_both_followers(tiny_sd, safe_pipeline, tmp_path):  # noqa: F811

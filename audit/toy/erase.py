@@ -48,8 +48,11 @@ class EraseConfig:
     steps: int = 400
     batch_size: int = 64
     lr: float = 1e-4
-    negative_guidance: float = 3.0
-    """eta: how far the target is steered from the concept, in units of the concept's guidance direction."""
+    negative_guidance: float = 2.0
+    """eta: how far the target is steered from the concept, in units of the concept's guidance direction.
+    Measured on the shipped toy, 8 seeds per prompt, CFG 7.5: eta 1 (ESD's) left 86% red on red prompts;
+    eta 2 leaves 0%, but prompts of other colours drop from 99.8% to 56% right (many turn red): collateral
+    damage that the audit of toy-safe shows. eta 3: 0% red, 41% right."""
     p_concept_caption: float = 0.5
     """Fraction of training captions that ask for the concept (the rest name the image's own colour)."""
     eval_seeds_per_prompt: int = 8
