@@ -80,10 +80,7 @@ def locomotion(
     console = Console()
     result = run(out, cfg, console)
     console.print(results_table(result["envs"]))
-    console.print(f"targets: {result['targets']} -> {'passed' if result['passed'] else '[red]missed[/]'}")
-    console.print(f"results: {out / 'results.json'}")
-    if not result["passed"]:
-        raise typer.Exit(1)
+    _finish(console, result, out / "results.json")
 
 
 @app.command()
@@ -114,7 +111,12 @@ def maze2d(
     result = run(out, cfg)
     console = Console()
     console.print(Markdown(summary_markdown(result)))
+    _finish(console, result, out / "results.json")
+
+
+def _finish(console, result: dict, results_file: Path) -> None:
+    """Print a decision validation's targets and results file; exit 1 if its targets were missed."""
     console.print(f"targets: {result['targets']} -> {'passed' if result['passed'] else '[red]missed[/]'}")
-    console.print(f"results: {out / 'results.json'}")
+    console.print(f"results: {results_file}")
     if not result["passed"]:
         raise typer.Exit(1)
