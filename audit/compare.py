@@ -7,8 +7,10 @@ Layout of ``OUT``::
     report/   index.html and its images (rrf-audit report), blurred by default
 
 Each stage owns its directory through ``rrf.manifest.claim_output_dir``: rerunning the same command
-checks every stage's settings, skips the work already done (finished shards, the trained reward, the
-metrics) and continues; different settings are refused instead of mixing two audits.
+checks every stage's settings, skips the work already done and continues: finished shards, the
+trained reward, metrics computed from the same reward weights (``metrics.json`` records the digests
+of its inputs) and a report built from the same metrics (``report.json`` likewise). Different
+settings are refused instead of mixing two audits.
 """
 
 from __future__ import annotations
@@ -38,8 +40,11 @@ def default_out(base: str, safer: str) -> Path:
     return Path("reports") / f"{clean(base)}-vs-{clean(safer)}"
 
 
-def compare(cfg: CompareConfig, out: str | Path, device: str = "cpu", progress: bool = True) -> dict:
-    """Run every stage into ``out``; return the metrics (with ``report`` set to the report's path)."""
+def compare(cfg: CompareConfig, out: str | Path, device: str = "cpu", progress: bool = True, tagger=None) -> dict:
+    """Run every stage into ``out``; return the metrics (with ``report`` set to the report's path).
+
+    ``tagger`` (e.g. ``audit.tags.FileTagger``) adds zero-shot concept tags to the report.
+    """
     out = Path(out)
     gen = generate(cfg.generate, out / "data", progress=progress)
     fit(out / "data", out / "run", cfg.fit, device=device, progress=progress)
@@ -47,5 +52,5 @@ def compare(cfg: CompareConfig, out: str | Path, device: str = "cpu", progress: 
         return {}
     truth, concept = ground_truth_for(out / "data")
     metrics = evaluate(out / "run", cfg.evaluate, device=device, ground_truth=truth, concept=concept)
-    index = report_run(out / "run", out / "report", cfg.report)
+    index = report_run(out / "run", out / "report", cfg.report, tagger)
     return {**metrics, "report": str(index)}

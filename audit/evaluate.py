@@ -24,7 +24,7 @@ from audit import plots
 from audit.fit import heldout_tuples, load_fit_manifest, load_split
 from audit.metrics import attribute_breakdown, concept_auroc, mean_ci, per_category_auroc, separation
 from audit.store import Store
-from rrf.manifest import provenance, write_json_atomic
+from rrf.manifest import file_digests, provenance, same_inputs, write_json_atomic
 from rrf.reward import RelativeReward
 
 # ``paths of base-model images -> 1 where the image shows the concept`` (e.g. the toy's pixel labeller).
@@ -106,8 +106,16 @@ def heldout_cosine(store: Store, reward: RelativeReward, test_ids: list[int], n:
 
 def evaluate(run_dir: str | Path, cfg: EvaluateConfig, device: str = "cpu",
              ground_truth: GroundTruth | None = None, concept: str | None = None) -> dict:
-    """Write ``metrics.json``, ``scores.parquet`` and plots into ``run_dir``; return the metrics."""
+    """Write ``metrics.json``, ``scores.parquet`` and plots into ``run_dir``; return the metrics.
+
+    A ``metrics.json`` computed from the same reward weights, split and settings is returned as it is.
+    """
     run_dir = Path(run_dir)
+    inputs = {"config": cfg.__dict__, "reward": file_digests(run_dir / "reward"),
+              "split": file_digests(run_dir / "split"), "concept": concept, "ground_truth": ground_truth is not None}
+    previous = _read_json(run_dir / "metrics.json")
+    if same_inputs(previous, inputs) and (run_dir / "scores.parquet").is_file():
+        return previous
     # 1. The run and its store.
     manifest = load_fit_manifest(run_dir)
     store = Store.open(manifest["store"])
@@ -144,5 +152,12 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig, device: str = "cpu",
     plots.reward_per_timestep(curve, run_dir / "reward_per_timestep.png")
     metrics["evaluated_at_timestep"] = int(store.timesteps[-1])
     metrics["provenance"] = provenance()
+    metrics["inputs"] = inputs
     write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _read_json(path: Path) -> dict | None:
+    import json
+
+    return json.loads(path.read_text()) if path.is_file() else None

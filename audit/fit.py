@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -129,8 +130,9 @@ def fit(store_dir: str | Path, run_dir: str | Path, cfg: FitConfig, device: str 
     """Train the reward of the store at ``store_dir`` into ``run_dir``; return the EMA reward."""
     run_dir = Path(run_dir)
     # 1. Open the store and claim the run directory.
+    cpu = _select_device(device) == "cpu"
     store = Store.open(store_dir)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=device == "cpu")
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu)
     _claim(run_dir, store, cfg, accelerator)
 
     # 2. Split by prompt.
@@ -178,6 +180,32 @@ def fit(store_dir: str | Path, run_dir: str | Path, cfg: FitConfig, device: str 
         })
     accelerator.wait_for_everyone()
     return ema
+
+
+def _select_device(device: str | None) -> str | None:
+    """Check ``device`` and make a single process's ``cuda:N`` the current CUDA device (Accelerator's).
+
+    Accelerator places a non-distributed run on ``cuda``, the current device; under ``accelerate
+    launch`` it gives each process its own GPU, so naming one there is refused.
+    """
+    if device in (None, "cpu"):
+        return device
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown --device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if parsed.type != "cuda":
+        raise UserError(f"--device {device!r} is not supported by fit; use cpu, cuda, cuda:N or auto")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {device} asks for CUDA, which this machine does not have; use --device cpu")
+    if parsed.index is not None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError(f"--device {device} names one GPU, but this is a multi-process run where accelerate "
+                            "gives each process its own; use --device cuda (or choose GPUs with CUDA_VISIBLE_DEVICES)")
+        if parsed.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        torch.cuda.set_device(parsed.index)
+    return device
 
 
 def _to_device(batches, device: torch.device):

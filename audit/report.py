@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter
 
 from audit import plots
 from rrf.errors import UserError
-from rrf.manifest import claim_output_dir, provenance, write_json_atomic
+from rrf.manifest import claim_output_dir, provenance, same_inputs, write_json_atomic
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -95,13 +95,17 @@ def write_scores(scores: pd.DataFrame, out_dir: Path) -> None:
     cols = [c for c in ("traj_id", "prompt_id", "prompt", "categories", "follow", "seed", "split", "reward")
             if c in scores.columns]
     table = scores[cols].copy()
+    if "tags" in scores.columns:  # one column per concept, empty where an image was not tagged
+        tags = scores["tags"].map(lambda t: t if isinstance(t, dict) else {})
+        for concept in sorted({c for t in tags for c in t}):
+            table[f"tag_{concept}"] = tags.map(lambda t, c=concept: t.get(c, float("nan")))
     table.to_parquet(out_dir / "scores.parquet", index=False)
     table["categories"] = table["categories"].map(lambda c: "; ".join(c))
     table.to_csv(out_dir / "scores.csv", index=False)
 
 
 def build_report(scores: pd.DataFrame, metrics: dict, provenance: dict, out_dir: str | Path,
-                 cfg: ReportConfig, title: str = "rrf-audit report") -> Path:
+                 cfg: ReportConfig, title: str = "rrf-audit report", inputs: dict | None = None) -> Path:
     """Write ``out_dir/index.html`` with images, plots and tables; return its path.
 
     ``scores`` needs the scores-table columns (see ``audit.metrics``) plus ``traj_id``, ``prompt``,
@@ -140,7 +144,7 @@ def build_report(scores: pd.DataFrame, metrics: dict, provenance: dict, out_dir:
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(out_dir / "index.html")
     write_json_atomic(out_dir / "report.json", {"config": cfg.__dict__, "images": sorted(shown),
-                                                "provenance": provenance})
+                                                "provenance": provenance, "inputs": inputs})
     return out_dir / "index.html"
 
 
@@ -169,7 +173,7 @@ def report_run(run_dir: str | Path, out_dir: str | Path, cfg: ReportConfig, tagg
     import json
 
     from audit.fit import load_fit_manifest
-    from audit.store import Store
+    from audit.store import Store, sha256_file
 
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.json"
@@ -180,6 +184,12 @@ def report_run(run_dir: str | Path, out_dir: str | Path, cfg: ReportConfig, tagg
     store = Store.open(fit_manifest["store"])
     claim_output_dir(out_dir, "report", {**cfg.__dict__, "run": str(run_dir.resolve()),
                                          "tags": getattr(tagger, "name", None)})
+    # A report already built from these metrics is what a rebuild would write: keep it.
+    inputs = {"metrics": sha256_file(metrics_path), "scores": sha256_file(run_dir / "scores.parquet")}
+    previous = Path(out_dir) / "report.json"
+    if (Path(out_dir) / "index.html").is_file() and same_inputs(json.loads(previous.read_text()) if previous.is_file()
+                                                                else None, inputs):
+        return Path(out_dir) / "index.html"
     scores = pd.read_parquet(run_dir / "scores.parquet")
     scores["categories"] = scores["categories"].map(list)
     if tagger is not None:
@@ -189,4 +199,4 @@ def report_run(run_dir: str | Path, out_dir: str | Path, cfg: ReportConfig, tagg
         scores.loc[pool.index, "tags"] = pd.Series(tags, index=pool.index, dtype=object)
     title = f"rrf-audit: what {store.manifest['models']['expert']['name']} steers away from"
     return build_report(scores, metrics, run_provenance(run_dir, store.manifest, fit_manifest, metrics), out_dir,
-                        cfg, title=title)
+                        cfg, title=title, inputs=inputs)

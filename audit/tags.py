@@ -68,6 +68,17 @@ class ConceptTagger:
         return out
 
 
+class FileTagger:
+    """``tagger(paths) -> [{concept: p}]`` for the report; ``name`` identifies the model in manifests."""
+
+    def __init__(self, cfg: TaggerConfig):
+        self.cfg = cfg
+        self.name = f"{cfg.model}:{cfg.pretrained}"
+
+    def __call__(self, paths: Sequence[str | Path]) -> list[dict[str, float]]:
+        return tag_files(paths, self.cfg)
+
+
 def tag_files(paths: Sequence[str | Path], cfg: TaggerConfig) -> list[dict[str, float]]:
     tagger = ConceptTagger(cfg)
     images = []

@@ -5,6 +5,8 @@ random-weight pipelines of a chosen architecture built into a temporary director
 
 * ours: ``audit.generate.generate`` (shared batched UNet passes, batched across prompts, sharded
   store with PNGs written);
+* ours, batch 1: the same generator one trajectory at a time, which separates the gain of sharing
+  UNet passes between the two models (naive -> batch 1) from that of batching prompts (batch 1 -> ours);
 * naive: the two pipelines run separately, one prompt at a time: at every step the base pipeline
   evaluates its UNet on (uncond, prompt) and the expert pipeline on its own conditionings
   (uncond, prompt, concept for SLD), then both step (nothing is written).
@@ -24,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -93,6 +96,9 @@ def main() -> None:
         start = time.perf_counter()
         ours = generate(cfg, tmp / "store", progress=False)
         ours_s = time.perf_counter() - start
+        start = time.perf_counter()
+        single = generate(replace(cfg, batch_size=1), tmp / "store-batch1", progress=False)
+        single_s = time.perf_counter() - start
 
         base, expert = cfg.models()
         pair = ModelPair.load(base, expert, device=args.device, dtype=DTYPES[args.dtype])
@@ -112,8 +118,12 @@ def main() -> None:
     print(f"{'':8}{'UNet evals/tuple':>18}{'tuples/s':>10}{'seconds':>10}")
     print(f"{'ours':8}{ours.unet_evaluations_per_tuple:>18.2f}{ours.tuples / ours_s:>10.2f}{ours_s:>10.1f}"
           "   (includes loading the models and writing the store)")
+    print(f"{'batch 1':8}{single.unet_evaluations_per_tuple:>18.2f}{single.tuples / single_s:>10.2f}{single_s:>10.1f}")
     print(f"{'naive':8}{evaluations / tuples:>18.2f}{tuples / naive_s:>10.2f}{naive_s:>10.1f}")
-    print(f"throughput ratio ours/naive: {(ours.tuples / ours_s) / (tuples / naive_s):.2f}x; "
+    naive_rate = tuples / naive_s
+    print(f"shared passes (batch 1 / naive): {(single.tuples / single_s) / naive_rate:.2f}x; batching "
+          f"(ours / batch 1): {(ours.tuples / ours_s) / (single.tuples / single_s):.2f}x")
+    print(f"throughput ratio ours/naive: {(ours.tuples / ours_s) / naive_rate:.2f}x; "
           f"store: {ours.bytes_per_tuple:.0f} bytes of latents per tuple "
           f"({ours.bytes_per_tuple / (4 * latent_shape[1] * latent_shape[2] * 2):.2f} fp16 latents), "
           f"{ours.bytes / ours.tuples:.0f} bytes per tuple with PNGs")

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -77,6 +78,18 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(_strict(obj), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
     os.replace(tmp, path)
+
+
+def file_digests(root: str | Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` by relative path: what a stage's output was computed from."""
+    root = Path(root)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def same_inputs(saved: dict | None, inputs: dict[str, Any]) -> bool:
+    """Whether a stage's recorded ``inputs`` equal ``inputs`` as they would be stored (tuples -> lists)."""
+    return saved is not None and saved.get("inputs") == json.loads(json.dumps(inputs, default=str))
 
 
 def claim_output_dir(path: str | Path, kind: str, config: dict[str, Any]) -> bool:

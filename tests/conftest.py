@@ -13,7 +13,33 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+import json  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 # The I2P CSV that users download, laid beside the repository in shared/ (the checkout's sibling).
 I2P_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "i2p.csv"
+
+# A tiny open_clip model (random weights, the real CLIP tokenizer) for concept tags, built here: no download.
+TINY = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    import open_clip
+
+    from audit.tags import TaggerConfig
+
+    root = tmp_path_factory.mktemp("clip")
+    (root / "rrf-tiny-clip.json").write_text(json.dumps(TINY))
+    open_clip.add_model_config(root / "rrf-tiny-clip.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model("rrf-tiny-clip")
+    ckpt = root / "tiny.pt"
+    torch.save(model.state_dict(), ckpt)
+    return TaggerConfig(model="rrf-tiny-clip", pretrained=str(ckpt))

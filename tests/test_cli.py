@@ -47,3 +47,16 @@ def test_debug_shows_the_traceback(tmp_path):
     (tmp_path / "x").write_text("")
     proc = run_cli("validate", "gaussian", "--quick", "--out", str(tmp_path), "--debug")
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "UserError" in proc.stderr
+
+
+def test_fit_device_errors_name_the_device_and_the_fix(tmp_path):
+    import torch
+
+    cases = [("tpu:0", "unknown --device 'tpu:0'"), ("mps", "not supported by fit")]
+    if not torch.cuda.is_available():
+        cases.append(("cuda:1", "asks for CUDA, which this machine does not have; use --device cpu"))
+    for device, problem in cases:
+        proc = run_cli("fit", str(tmp_path / "no-store"), "--device", device, "--out", str(tmp_path / "run"))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip().count("\n") == 0 and problem in proc.stderr, proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -1,6 +1,7 @@
 """`rrf-audit validate maze2d --profile quick`, end to end: UMaze, 2 goals, 1 seed (about 3 minutes on 2 cores)."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -41,6 +42,14 @@ def test_quick_profile_recovers_a_goal_and_resumes(tmp_path):
     again = run_cli("validate", "maze2d", "--profile", "quick", "--out", str(out))
     assert again.returncode == 0, again.stderr
     assert json.loads((out / "results.json").read_text())["trials"] == trials
+    # Results alone resume (as when copied from another machine): finished bases are not rebuilt.
+    base = out / "umaze" / "seed0"
+    (base / "base.hdf5").unlink()
+    shutil.rmtree(base / "base-planner")
+    again = run_cli("validate", "maze2d", "--profile", "quick", "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "results.json").read_text())["trials"] == trials
+    assert not (base / "base.hdf5").exists()
     clash = run_cli("validate", "maze2d", "--profile", "quick", "--goals", "3", "--out", str(out))
     assert clash.returncode == 2
     assert clash.stderr.count("\n") == 1 and "different settings" in clash.stderr and "Traceback" not in clash.stderr

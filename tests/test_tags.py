@@ -1,33 +1,11 @@
 """Concept tags from a tiny open_clip model that the test builds (no download)."""
 
-import json
-
 import numpy as np
-import open_clip
 import pytest
-import torch
 from PIL import Image
 
 from audit.tags import I2P_CATEGORIES, ConceptTagger, TaggerConfig, tag_files
 from rrf.errors import UserError
-
-TINY = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    root = tmp_path_factory.mktemp("clip")
-    (root / "rrf-tiny-clip.json").write_text(json.dumps(TINY))
-    open_clip.add_model_config(root / "rrf-tiny-clip.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model("rrf-tiny-clip")
-    ckpt = root / "tiny.pt"
-    torch.save(model.state_dict(), ckpt)
-    return TaggerConfig(model="rrf-tiny-clip", pretrained=str(ckpt))
 
 
 def test_tags_are_probabilities_over_concepts(tiny_clip, tmp_path):

@@ -32,6 +32,14 @@ def _device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
+def _tagger(tags: bool, model: str, weights: str):
+    if not tags:
+        return None
+    from audit.tags import FileTagger, TaggerConfig
+
+    return FileTagger(TaggerConfig(model=model, pretrained=weights))
+
+
 def _headline(metrics: dict) -> str:
     parts = [f"accuracy {metrics['accuracy']:.1%}", f"AUROC {metrics['auroc']:.3f}", f"n_test {metrics['n_test']}"]
     if metrics.get("concept_auroc") is not None:
@@ -104,16 +112,7 @@ def report(
 
     if split not in ("test", "all"):
         raise UserError(f"--split must be test or all, not {split!r}")
-    tagger = None
-    if tags:
-        from audit.tags import TaggerConfig, tag_files
-
-        tag_cfg = TaggerConfig(model=tag_model, pretrained=tag_weights)
-
-        def tagger(paths):
-            return tag_files(paths, tag_cfg)
-
-        tagger.name = f"{tag_model}:{tag_weights}"
+    tagger = _tagger(tags, tag_model, tag_weights)
     index = report_run(run, out or run.parent / "report", ReportConfig(top=top, per_batch=per_batch, blur=blur,
                                                                        split=split), tagger)
     typer.echo(f"report: {index}")
@@ -170,6 +169,10 @@ def compare(
     concept: str | None = typer.Option(None, help="Safety concept of an SLD safer model."),
     sld_preset: str | None = typer.Option(None, help="SLD preset: weak, medium, strong, max."),
     blur: bool = typer.Option(True, "--blur/--no-blur", help="Blur report images in their pixels (default on)."),
+    tags: bool = typer.Option(False, "--tags", help="Tag report images with zero-shot open_clip scores of the I2P "
+                              "categories (see `rrf-audit report --help`)."),
+    tag_model: str = typer.Option("ViT-B-32", help="open_clip architecture for --tags."),
+    tag_weights: str = typer.Option("laion2b_s34b_b79k", help="open_clip pretrained tag or checkpoint file for --tags."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
@@ -195,6 +198,6 @@ def compare(
         report=ReportConfig(blur=blur, seed=seed),
     )
     out = out or default_out(base, safer)
-    metrics = run(cfg, out, device=device, progress=progress)
+    metrics = run(cfg, out, device=device, progress=progress, tagger=_tagger(tags, tag_model, tag_weights))
     if metrics:
         typer.echo(f"{_headline(metrics)}\nreport: {metrics['report']}")

@@ -53,6 +53,9 @@ class EraseConfig:
     Measured on the shipped toy, 8 seeds per prompt, CFG 7.5: eta 1 (ESD's) left 86% red on red prompts;
     eta 2 leaves 0%, but prompts of other colours drop from 99.8% to 56% right (many turn red): collateral
     damage that the audit of toy-safe shows. eta 3: 0% red, 41% right."""
+    trainable: str = "cross-attention"
+    """Which UNet weights are fine-tuned: "cross-attention" (ESD-x: only the layers that read the text,
+    so captions without the concept are changed less) or "all" (ESD-u)."""
     p_concept_caption: float = 0.5
     """Fraction of training captions that ask for the concept (the rest name the image's own colour)."""
     eval_seeds_per_prompt: int = 8
@@ -104,7 +107,12 @@ def train_erased_unet(pipe, cfg: EraseConfig, work_dir: Path, progress: bool = T
     text_encoder = pipe.text_encoder.eval().requires_grad_(False)
     vae = pipe.vae.eval().requires_grad_(False)
     tokenizer = pipe.tokenizer
-    unet = copy.deepcopy(frozen).train().requires_grad_(True)
+    unet = copy.deepcopy(frozen).train().requires_grad_(cfg.trainable == "all")
+    if cfg.trainable == "cross-attention":
+        for name, p in unet.named_parameters():
+            p.requires_grad_(".attn2." in name)
+    elif cfg.trainable != "all":
+        raise UserError(f"unknown trainable weights {cfg.trainable!r}; choose cross-attention or all")
     scheduler = build_scheduler()
     colours = list(data.COLOURS)
     concept_index = colours.index(cfg.concept)

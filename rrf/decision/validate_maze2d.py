@@ -324,7 +324,7 @@ def load_or_generate(path: Path, make) -> Trajectories:
 def base_job(out: Path, cfg: Maze2DConfig, maze: str, seed: int) -> dict:
     """Base data and base planner of one (maze, seed); returns its timing (cached in ``base.json``)."""
     d = base_dir(out, maze, seed)
-    if (d / "base.json").is_file():
+    if (d / "base.json").is_file() and (d / "base.hdf5").is_file() and (d / "base-planner" / "model").is_dir():
         return json.loads((d / "base.json").read_text())
     torch.set_num_threads(1)
     start, cpu = time.perf_counter(), time.process_time()
@@ -431,15 +431,20 @@ def run(out: str | Path, cfg: Maze2DConfig, progress: bool = True) -> dict:
     start = time.perf_counter()
     bases = [(m, s) for m in cfg.mazes for s in range(cfg.seeds)]
     goals = [(m, s, g) for m, s in bases for g in range(cfg.goals)]
-    trials, bases_timing = [], []
+    # A base whose goals all have results is not needed again (results copied from another machine resume
+    # without their bulky base data); its recorded timing still counts in the compute totals.
+    pending = {(m, s) for m, s, g in goals if not (goal_dir(out, m, s, g) / "result.json").is_file()}
+    bases_timing = [json.loads((base_dir(out, m, s) / "base.json").read_text()) for m, s in bases
+                    if (m, s) not in pending and (base_dir(out, m, s) / "base.json").is_file()]
+    trials = []
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
     # spawn, not fork: a forked child of a process that already ran torch ops can hang in OpenMP.
     pool = ProcessPoolExecutor(max(1, cfg.workers), mp_context=multiprocessing.get_context("spawn"))
     try:
         with Progress(*columns, disable=not progress) as bar, pool:
-            task = bar.add_task("base planners", total=len(bases), info="")
-            for future in as_completed([pool.submit(base_job, out, cfg, m, s) for m, s in bases]):
+            task = bar.add_task("base planners", total=len(pending), info="")
+            for future in as_completed([pool.submit(base_job, out, cfg, m, s) for m, s in bases if (m, s) in pending]):
                 bases_timing.append(future.result())
                 bar.advance(task)
             task = bar.add_task("rewards", total=len(goals), info="")
