@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 
-from audit.loading import locate
+from audit.loading import locate_pair
 from audit.registry import ModelSpec, resolve
 from audit.store import STORE_DTYPES, StoreWriter, image_file
 from prompts import Prompt, load_prompts
@@ -164,8 +164,7 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> Gen
 
     # 2. Models and prompts (cheap: files are found and fingerprinted, nothing is loaded yet)
     base_spec, expert_spec = cfg.models()
-    located_base = locate(base_spec)
-    located_expert = locate(expert_spec, reference=located_base)
+    located_base, located_expert = locate_pair(base_spec, expert_spec)
     prompt_set = load_prompts(cfg.prompts, categories=cfg.categories, hard_only=cfg.hard_only, limit=cfg.limit,
                               seed=cfg.seed)
     shards = plan_shards(prompt_set.prompts, cfg.follows(), cfg.batch_size, cfg.seed, cfg.seed_from_file)

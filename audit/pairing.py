@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from audit.loading import ComponentLoader, LocatedModel, locate
+from audit.loading import ComponentLoader, LocatedModel, locate_pair
 from audit.registry import ModelSpec
 from audit.sld import SLDConfig, SLDState, cfg_noise, sld_noise
 from rrf.errors import UserError
@@ -127,9 +127,8 @@ class ModelPair:
              device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ModelPair:
         """Load both models (shared components once) and build the pair; ``scheduler`` is a ``SCHEDULERS`` key or
         ``model``."""
-        located_base = locate(base, reference=None)
-        return cls.from_located(located_base, locate(expert, reference=located_base), scheduler=scheduler,
-                                guidance_scale=guidance_scale, device=device, dtype=dtype)
+        return cls.from_located(*locate_pair(base, expert), scheduler=scheduler, guidance_scale=guidance_scale,
+                                device=device, dtype=dtype)
 
     @classmethod
     def from_located(cls, located_base: LocatedModel, located_expert: LocatedModel, *, scheduler: str = "ddim",

@@ -1,6 +1,6 @@
 """Model aliases and how a name on the command line becomes a ``ModelSpec``.
 
-A model is *weights* (a hub id, a local diffusers directory or a single ``.safetensors`` UNet file)
+A model is *weights* (a hub id, a local diffusers directory or a single ``.safetensors`` file)
 plus, optionally, Safe Latent Diffusion guidance on top of them. ``resolve()`` accepts
 
 * an alias (``rrf-audit models`` lists them):
@@ -21,7 +21,8 @@ plus, optionally, Safe Latent Diffusion guidance on top of them. ``resolve()`` a
 
 * ``sld``: SLD on the *other* model's weights (the safer side of ``generate BASE sld``);
 * a hub id ``owner/name`` (optionally ``owner/name@revision``), a local diffusers directory, or a
-  ``.safetensors`` file holding a fine-tuned UNet (ESD/UCE-style; the rest comes from the other model).
+  ``.safetensors`` file: a fine-tuned UNet (ESD/UCE-style; the rest comes from the other model) or a full
+  original-layout checkpoint (``audit.loading``).
 
 SLD settings of any SLD model are overridden by ``concept`` (the safety-concept text),
 ``sld_preset`` (weak|medium|strong|max) and individual ``sld_overrides`` (``SLDConfig`` field names).
@@ -48,7 +49,7 @@ class ModelSpec:
     name: str
     """What the user asked for (alias, ``sld``, hub id or path); shown in manifests and reports."""
     weights: str
-    """Hub id, local diffusers directory, or a ``.safetensors`` UNet file."""
+    """Hub id, local diffusers directory, or a ``.safetensors`` file (a UNet, or a full checkpoint)."""
     revision: str | None = None
     sld: SLDConfig | None = None
     sld_preset: str | None = None
@@ -122,9 +123,9 @@ def _lookup(name: str, other: ModelSpec | None) -> ModelSpec:
     if path.is_dir() or path.suffix == ".safetensors":
         if not path.exists():
             raise UserError(f"model file {name} does not exist; check the path")
-        return ModelSpec(name, str(path.resolve()), description="local " + ("UNet file" if path.is_file() else "directory"))
+        return ModelSpec(name, str(path.resolve()), description="local " + ("checkpoint file" if path.is_file() else "directory"))
     repo, _, revision = name.partition("@")
     if HUB_ID.match(repo) and not path.exists():
         return ModelSpec(name, repo, revision=revision or None, description="Hugging Face hub model")
     raise UserError(f"unknown model {name!r}; choose an alias ({', '.join(ALIASES)}), 'sld', a hub id (owner/name), "
-                    "a local diffusers directory or a .safetensors UNet file (see `rrf-audit models`)")
+                    "a local diffusers directory or a .safetensors checkpoint (see `rrf-audit models`)")

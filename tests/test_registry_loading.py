@@ -1,14 +1,11 @@
 """Model aliases, SLD options, locating models (local, single file, hub offline) and loading components once."""
 
-import hashlib
 import os
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_sd import run_main, single_thread, tiny_sd, tiny_sd_finetune  # noqa: F401 (fixtures)
+from tiny_sd import fake_hub_cache, run_main, single_thread, tiny_sd, tiny_sd_finetune  # noqa: F401 (fixtures)
 
 from audit.loading import ComponentLoader, locate
 from audit.pairing import ModelPair
@@ -100,22 +97,6 @@ def test_single_safetensors_unet_file_takes_the_rest_from_the_base(tiny_sd, tiny
         assert torch.equal(pair.expert.unet.state_dict()[name], param)
     with pytest.raises(UserError, match="single UNet file; pair it with a base model"):
         locate(resolve(str(tmp_path / "esd-unet.safetensors")))
-
-
-def fake_hub_cache(cache: Path, repo: str, source: Path, commit: str = "0123456789abcdef" * 2 + "01234567") -> None:
-    """Lay ``source`` out like huggingface_hub's cache: blobs named by sha256, snapshot symlinks, refs/main."""
-    root = cache / f"models--{repo.replace('/', '--')}"
-    (root / "refs").mkdir(parents=True)
-    (root / "refs" / "main").write_text(commit)
-    for path in source.rglob("*"):
-        if path.is_file():
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            blob = root / "blobs" / digest
-            blob.parent.mkdir(exist_ok=True)
-            shutil.copyfile(path, blob)
-            link = root / "snapshots" / commit / path.relative_to(source)
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(os.path.relpath(blob, link.parent))
 
 
 def test_hub_ids_load_from_the_offline_cache_with_revision_and_blob_hashes(tiny_sd, tmp_path, monkeypatch):  # noqa: F811

@@ -17,9 +17,9 @@ def register(app: typer.Typer) -> None:
 
 
 def generate(
-    base: str = typer.Argument(..., help="Base model: alias (see `rrf-audit models`), hub id or local directory."),
+    base: str = typer.Argument(..., help="Base model: alias (see `rrf-audit models`), hub id, local directory or .safetensors checkpoint."),
     safer: str = typer.Argument(..., help="Safer model: alias, 'sld' (SLD on the base weights), hub id, directory, "
-                                          "or a .safetensors UNet file."),
+                                          "or a .safetensors file (a UNet fine-tune or a full checkpoint)."),
     prompts: str = typer.Option("i2p", "--prompts", "-p", help=PROMPTS_HELP),
     out: Path = typer.Option(Path("reports/data"), "--out", "-o", help="Store directory (resumed if it exists)."),
     follow: str = typer.Option("both", help="Trajectories of: both (the paper), base or expert."),
@@ -87,7 +87,7 @@ def models() -> None:
 
     from audit.registry import ALIASES
 
-    table = Table(title="Model aliases (any hub id, local diffusers directory or .safetensors UNet file works too)")
+    table = Table(title="Model aliases (any hub id, local diffusers directory or .safetensors checkpoint works too)")
     for column in ("alias", "weights", "safety guidance", "description"):
         table.add_column(column, overflow="fold")
     for name, spec in ALIASES.items():

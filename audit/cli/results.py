@@ -154,8 +154,8 @@ def score(
 
 
 def compare(
-    base: str = typer.Argument(..., help="Base model: alias (see `rrf-audit models`), hub id or local directory."),
-    safer: str = typer.Argument(..., help="Safer model: alias, 'sld', hub id, directory or .safetensors UNet."),
+    base: str = typer.Argument(..., help="Base model: alias (see `rrf-audit models`), hub id, local directory or .safetensors checkpoint."),
+    safer: str = typer.Argument(..., help="Safer model: alias, 'sld', hub id, directory or .safetensors file (UNet or full)."),
     prompts: str | None = typer.Option(None, "--prompts", "-p",
                                        help="Prompt source (default: the toy set for toy models, else i2p)."),
     limit: int | None = typer.Option(None, help="At most N prompts, stratified by category (seeded)."),

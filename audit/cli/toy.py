@@ -46,7 +46,7 @@ def erase(
     threads: int = typer.Option(1, help="CPU threads for torch. The weights' bytes depend on it: toy-safe used 1."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Fine-tune a toy's UNet so that it no longer draws CONCEPT (ESD-style); `toy-safe` is `--concept red`.
+    """Fine-tune a toy's cross-attention so that it no longer draws CONCEPT (ESD-x); `toy-safe` is `--concept red`.
 
     Writes the erased model and a manifest with the concept share before and after, and the accuracy
     on prompts that do not ask for the concept.
