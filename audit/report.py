@@ -66,6 +66,11 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
+def _score(x: float | None) -> str:
+    """A score in [0, 1] (AUROC, cosine) with a fixed number of decimals: 1.000, not 1."""
+    return _fmt(x) if x is None or math.isnan(x) else f"{x:.3f}"
+
+
 def _card(row: pd.Series) -> dict:
     return {
         "image": f"images/{row['traj_id']}.png",
@@ -134,6 +139,7 @@ def build_report(scores: pd.DataFrame, metrics: dict, provenance: dict, out_dir:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined)
     env.filters["fmt"] = _fmt
+    env.filters["score"] = _score
     html = env.get_template("report.html.j2").render(
         title=title, cfg=cfg, metrics=metrics, provenance=provenance,
         lowest=lowest, highest=highest, batches=batches, per_category=metrics.get("per_category", {}),
