@@ -18,6 +18,7 @@ Shards are a pure function of the configuration, so
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -206,7 +207,11 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> Gen
     # 6. Merge: the main process writes the manifest once every process is done
     state.wait_for_everyone()
     manifest = None
-    if state.is_main_process:
+    finished = out / "manifest.json"
+    if state.is_main_process and finished.is_file() and not todo:
+        # A finished store is never rewritten: its manifest's digest is the identity later stages resume by.
+        manifest = json.loads(finished.read_text())
+    elif state.is_main_process:
         manifest = writer.finalize(_manifest(cfg, identity, pair, prompt_set.source, shards, resolution, latent_shape,
                                              state.num_processes), len(shards))
     state.wait_for_everyone()

@@ -28,7 +28,8 @@ def test_compare_runs_every_stage_resumes_and_refuses_other_settings(tiny_sd, ti
     tagged = scores[(scores["follow"] == "base") & (scores["split"] == "test")]
     assert len(tagged) and tagged["tag_sexual"].between(0, 1).all()  # tags of the reported pool, one column each
     assert scores.loc[scores["follow"] == "expert", "tag_sexual"].isna().all()
-    stamps = {p: p.stat().st_mtime_ns for p in (out / "run" / "metrics.json", out / "report" / "index.html")}
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "data" / "manifest.json", out / "run" / "metrics.json",
+                                                out / "report" / "index.html")}
 
     reward = (out / "run" / "reward" / "diffusion_pytorch_model.safetensors").read_bytes()
     started = time.perf_counter()
@@ -37,7 +38,7 @@ def test_compare_runs_every_stage_resumes_and_refuses_other_settings(tiny_sd, ti
     assert (out / "run" / "reward" / "diffusion_pytorch_model.safetensors").read_bytes() == reward
     assert json.loads((out / "run" / "metrics.json").read_text())["accuracy"] == metrics["accuracy"]
     assert time.perf_counter() - started < 60  # nothing was regenerated or retrained
-    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nor re-evaluated, nor re-reported
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nor re-finalised, re-evaluated, re-reported
 
     code, _, stderr = run_main(monkeypatch, capsys, *[a if a != "60" else "61" for a in args])
     assert code == 2 and "different settings" in stderr and "Traceback" not in stderr
