@@ -53,11 +53,12 @@ class FitConfig:
     """Global batch of tuples (paper: 64), split across processes."""
     steps: int = 6000
     """Training steps (paper: 6000)."""
-    max_epochs: float | None = 18.0
-    """Cap on passes over the training tuples (None: no cap). On a small store the paper's 6000 steps
-    overfit: on the toy audit (214 training trajectories, 167 steps per pass) the held-out loss is lowest
-    near 3000 steps and rises after, and on another split accuracy fell from 96.3% at 3000 steps to 90.7% at
-    6000. An I2P store of 4703 prompts is never capped (6000 steps there are under one pass)."""
+    max_samples_per_trajectory: float | None = 900.0
+    """Cap on steps x batch / training trajectories (None: no cap). Neighbouring tuples of a trajectory are
+    nearly the same state, so trajectories, not tuples, measure how much data a small store holds, and on
+    one the paper's 6000 steps overfit: on the toy audit (214 training trajectories, the cap is 3010
+    steps) the held-out loss is lowest near 3000 steps and rises after, and on another split accuracy fell
+    from 96.3% at 3000 steps to 90.7% at 6000. An I2P store (7524 training trajectories) is never capped."""
     warmup_steps: int = 100
     ema_decay: float = 0.999
     test_fraction: float = 0.2
@@ -70,11 +71,12 @@ class FitConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     """Autocast on GPU; CPU runs use fp32."""
 
-    def training_steps(self, train_tuples: int) -> int:
-        """``steps``, capped at ``max_epochs`` passes over ``train_tuples`` (at least one step)."""
-        if self.max_epochs is None:
+    def training_steps(self, train_trajectories: int) -> int:
+        """``steps``, capped by ``max_samples_per_trajectory`` (at least one step)."""
+        if self.max_samples_per_trajectory is None:
             return self.steps
-        return max(1, min(self.steps, math.ceil(self.max_epochs * train_tuples / self.batch_size)))
+        cap = math.ceil(self.max_samples_per_trajectory * train_trajectories / self.batch_size)
+        return max(1, min(self.steps, cap))
 
 
 def _claim(run_dir: Path, store: Store, cfg: FitConfig, accelerator: Accelerator) -> None:
@@ -172,7 +174,7 @@ def fit(store_dir: str | Path, run_dir: str | Path, cfg: FitConfig, device: str 
         _, info = gradient_alignment_loss(model, x, t, target, weight=model.loss_weight(t))
         return {f"val_{k}": v for k, v in info.items()}
 
-    steps = cfg.training_steps(len(train_ids) * store.num_steps)
+    steps = cfg.training_steps(len(train_ids))
     trainer_cfg = TrainerConfig(steps=steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay,
                                 checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every, seed=cfg.seed,
                                 mixed_precision=cfg.mixed_precision, progress=progress,

@@ -104,11 +104,11 @@ def test_score_images_and_prompts(store, run, tmp_path):
     assert again["reward"].tolist() == scored["reward"].tolist()
 
 
-def test_training_steps_are_capped_at_max_epochs_on_small_stores():
+def test_training_steps_are_capped_on_small_stores():
     from audit.fit import FitConfig
 
-    cfg = FitConfig(steps=6000, batch_size=64, max_epochs=18.0)
-    assert cfg.training_steps(214 * 50) == 3010  # the toy audit: 167 steps per pass
-    assert cfg.training_steps(3762 * 2 * 50) == 6000  # an I2P store: under one pass, never capped
-    assert FitConfig(steps=6000, max_epochs=None).training_steps(10) == 6000
-    assert cfg.training_steps(1) == 1
+    cfg = FitConfig(steps=6000, batch_size=64, max_samples_per_trajectory=900.0)
+    assert cfg.training_steps(214) == 3010  # the toy audit, whatever its number of sampling steps
+    assert cfg.training_steps(2 * 3762) == 6000  # an I2P store is never capped
+    assert FitConfig(steps=6000, max_samples_per_trajectory=None).training_steps(1) == 6000
+    assert cfg.training_steps(0) == 1

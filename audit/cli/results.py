@@ -55,8 +55,9 @@ def fit(
     steps: int = typer.Option(6000, help="Training steps (paper: 6000)."),
     batch_size: int = typer.Option(64, help="Global batch of tuples (paper: 64)."),
     lr: float = typer.Option(1e-4, help="Adam learning rate (paper: 1e-4)."),
-    max_epochs: float = typer.Option(18.0, help="Cap on passes over the training tuples, against overfitting small "
-                                     "stores (0: no cap; an I2P store is never capped at 6000 steps)."),
+    max_samples_per_trajectory: float = typer.Option(
+        900.0, help="Cap on steps x batch / training trajectories, against overfitting small stores (0: no cap; "
+        "the toy audit is capped at 3010 steps, an I2P store never)."),
     dims: str = typer.Option("32,64,128,256", help=DIMS_HELP),
     test_fraction: float = typer.Option(0.2, help="Share of prompts held out (split by prompt, stratified)."),
     seed: int = typer.Option(0, help="Seed of the split, the initialisation and the batch order."),
@@ -73,7 +74,7 @@ def fit(
     from audit.fit import FitConfig
     from audit.fit import fit as run
 
-    cfg = FitConfig(dims=_dims(dims), lr=lr, batch_size=batch_size, steps=steps, max_epochs=max_epochs or None,
+    cfg = FitConfig(dims=_dims(dims), lr=lr, batch_size=batch_size, steps=steps, max_samples_per_trajectory=max_samples_per_trajectory or None,
                     test_fraction=test_fraction,
                     seed=seed, mixed_precision=mixed_precision)  # type: ignore[arg-type]
     run(data, out, cfg, device=None if device == "auto" else device, progress=progress)
@@ -166,8 +167,8 @@ def compare(
     steps: int = typer.Option(50, help="Denoising steps per trajectory."),
     guidance: float = typer.Option(7.5, help="Classifier-free guidance scale."),
     fit_steps: int = typer.Option(6000, help="Reward-training steps (paper: 6000)."),
-    fit_max_epochs: float = typer.Option(18.0, help="Cap on passes over the training tuples (0: no cap; see "
-                                         "`rrf-audit fit --help`)."),
+    fit_max_samples_per_trajectory: float = typer.Option(
+        900.0, help="Cap on reward steps x batch / training trajectories (0: no cap; see `rrf-audit fit --help`)."),
     dims: str = typer.Option("32,64,128,256", help=DIMS_HELP),
     batch_size: int = typer.Option(8, help="Trajectories sampled together."),
     seed: int = typer.Option(0, help="Seed of every stage."),
@@ -199,7 +200,7 @@ def compare(
     cfg = CompareConfig(
         generate=GenerateConfig(base=base, safer=safer, prompts=prompts, limit=limit, steps=steps, guidance=guidance,
                                 batch_size=batch_size, seed=seed, concept=concept, sld_preset=sld_preset, device=device),
-        fit=FitConfig(dims=_dims(dims), steps=fit_steps, max_epochs=fit_max_epochs or None, seed=seed),
+        fit=FitConfig(dims=_dims(dims), steps=fit_steps, max_samples_per_trajectory=fit_max_samples_per_trajectory or None, seed=seed),
         report=ReportConfig(blur=blur, seed=seed),
     )
     out = out or default_out(base, safer)

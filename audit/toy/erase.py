@@ -69,7 +69,7 @@ class EraseConfig:
 
     @classmethod
     def tiny(cls, concept: str = "red") -> EraseConfig:
-        return cls(concept=concept, steps=20, batch_size=8, eval_seeds_per_prompt=0)
+        return cls(concept=concept, steps=40, batch_size=8, lr=1e-3, eval_seeds_per_prompt=0)
 
 
 def erase(base: str | Path, out: str | Path, cfg: EraseConfig, progress: bool = True) -> dict:
