@@ -23,8 +23,8 @@ import torch
 from audit import plots
 from audit.fit import heldout_tuples, load_fit_manifest, load_split
 from audit.metrics import attribute_breakdown, concept_auroc, mean_ci, per_category_auroc, separation
-from audit.store import Store
-from rrf.manifest import file_digests, provenance, same_inputs, write_json_atomic
+from audit.store import Store, sha256_file
+from rrf.manifest import file_digests, provenance, read_json, same_inputs, write_json_atomic
 from rrf.reward import RelativeReward
 
 # ``paths of base-model images -> 1 where the image shows the concept`` (e.g. the toy's pixel labeller).
@@ -111,15 +111,16 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig, device: str = "cpu",
     A ``metrics.json`` computed from the same reward weights, split and settings is returned as it is.
     """
     run_dir = Path(run_dir)
-    inputs = {"config": cfg.__dict__, "reward": file_digests(run_dir / "reward"),
-              "split": file_digests(run_dir / "split"), "concept": concept, "ground_truth": ground_truth is not None}
-    previous = _read_json(run_dir / "metrics.json")
-    if same_inputs(previous, inputs) and (run_dir / "scores.parquet").is_file():
-        return previous
-    # 1. The run and its store.
+    # 1. The run and its store; metrics computed from the same inputs are kept.
     manifest = load_fit_manifest(run_dir)
     store = Store.open(manifest["store"])
     split = load_split(run_dir)
+    inputs = {"config": cfg.__dict__, "reward": file_digests(run_dir / "reward"),
+              "split": sha256_file(run_dir / "split.csv"), "store": sha256_file(store.root / "manifest.json"),
+              "concept": concept, "ground_truth": ground_truth is not None}
+    previous = read_json(run_dir / "metrics.json")
+    if same_inputs(previous, inputs) and (run_dir / "scores.parquet").is_file():
+        return previous
     reward = RelativeReward.from_pretrained(run_dir / "reward", device=device)
 
     # 2. Final-sample rewards.
@@ -155,9 +156,3 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig, device: str = "cpu",
     metrics["inputs"] = inputs
     write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics
-
-
-def _read_json(path: Path) -> dict | None:
-    import json
-
-    return json.loads(path.read_text()) if path.is_file() else None

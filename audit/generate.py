@@ -115,7 +115,7 @@ class GenerateResult:
     bytes: int
     bytes_per_tuple: float
     unet_evaluations_per_tuple: float
-    """Counted in this process's sampling (the pair's planned value when everything was already done)."""
+    """Counted in this process's sampling (the planned value when nothing was left to sample)."""
     shards: int
     shards_resumed: int
     seconds: float
@@ -183,6 +183,15 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> Gen
         claim_output_dir(out, "generate", identity)
         writer = StoreWriter(out, cfg.store_dtype)
 
+    mine = [k for k in range(len(shards)) if k % state.num_processes == state.process_index]
+    finished = out / "manifest.json"
+    if finished.is_file() and all(writer.is_done(k) for k in range(len(shards))):
+        # A finished store is not rewritten (its manifest's digest is what later stages resume by), and its
+        # models are not loaded again.
+        manifest = json.loads(finished.read_text())
+        return _result(out, manifest, manifest["totals"]["unet_evaluations_per_tuple"], len(shards), len(mine),
+                       started, state.is_main_process)
+
     # 4. Load the pair: identical components once, scheduler checked
     from audit.pairing import ModelPair
 
@@ -192,7 +201,6 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> Gen
     latent_shape = pair.latent_shape(resolution)
 
     # 5. Sample this process's unfinished shards
-    mine = [k for k in range(len(shards)) if k % state.num_processes == state.process_index]
     todo = [k for k in mine if not writer.is_done(k)]
     evaluations = tuples_sampled = 0
     with _progress(progress and state.is_main_process, sum(len(shards[k]) for k in todo) * cfg.steps,
@@ -207,22 +215,22 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> Gen
     # 6. Merge: the main process writes the manifest once every process is done
     state.wait_for_everyone()
     manifest = None
-    finished = out / "manifest.json"
-    if state.is_main_process and finished.is_file() and not todo:
-        # A finished store is never rewritten: its manifest's digest is the identity later stages resume by.
-        manifest = json.loads(finished.read_text())
-    elif state.is_main_process:
+    if state.is_main_process:
         manifest = writer.finalize(_manifest(cfg, identity, pair, prompt_set.source, shards, resolution, latent_shape,
                                              state.num_processes), len(shards))
     state.wait_for_everyone()
-    totals = (manifest or {}).get("totals", {})
+    return _result(out, manifest or {}, evaluations / tuples_sampled if tuples_sampled else pair.evaluations_per_step,
+                   len(shards), len(mine) - len(todo), started, state.is_main_process)
+
+
+def _result(out: Path, manifest: dict, evaluations_per_tuple: float, shards: int, resumed: int, started: float,
+            is_main_process: bool) -> GenerateResult:
+    totals = manifest.get("totals", {})
     return GenerateResult(
         out=out, trajectories=totals.get("trajectories", 0), tuples=totals.get("tuples", 0),
         bytes=totals.get("shard_bytes", 0) + totals.get("image_bytes", 0),
-        bytes_per_tuple=totals.get("bytes_per_tuple", 0.0),
-        unet_evaluations_per_tuple=evaluations / tuples_sampled if tuples_sampled else pair.evaluations_per_step,
-        shards=len(shards), shards_resumed=len(mine) - len(todo), seconds=time.perf_counter() - started,
-        is_main_process=state.is_main_process,
+        bytes_per_tuple=totals.get("bytes_per_tuple", 0.0), unet_evaluations_per_tuple=evaluations_per_tuple,
+        shards=shards, shards_resumed=resumed, seconds=time.perf_counter() - started, is_main_process=is_main_process,
     )
 
 

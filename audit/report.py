@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter
 
 from audit import plots
 from rrf.errors import UserError
-from rrf.manifest import claim_output_dir, provenance, same_inputs, write_json_atomic
+from rrf.manifest import claim_output_dir, provenance, read_json, same_inputs, write_json_atomic
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -192,10 +192,9 @@ def report_run(run_dir: str | Path, out_dir: str | Path, cfg: ReportConfig, tagg
                                          "tags": getattr(tagger, "name", None)})
     # A report already built from these metrics is what a rebuild would write: keep it.
     inputs = {"metrics": sha256_file(metrics_path), "scores": sha256_file(run_dir / "scores.parquet")}
-    previous = Path(out_dir) / "report.json"
-    if (Path(out_dir) / "index.html").is_file() and same_inputs(json.loads(previous.read_text()) if previous.is_file()
-                                                                else None, inputs):
-        return Path(out_dir) / "index.html"
+    index = Path(out_dir) / "index.html"
+    if index.is_file() and same_inputs(read_json(Path(out_dir) / "report.json"), inputs):
+        return index
     scores = pd.read_parquet(run_dir / "scores.parquet")
     scores["categories"] = scores["categories"].map(list)
     if tagger is not None:

@@ -80,6 +80,12 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: str | Path) -> Any:
+    """The JSON at ``path``, or None if there is no such file."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def file_digests(root: str | Path) -> dict[str, str]:
     """sha256 of every file under ``root`` by relative path: what a stage's output was computed from."""
     root = Path(root)

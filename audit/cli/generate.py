@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 REPO = Path(__file__).resolve().parents[2]
+BASE_HELP = "Base model: alias (see `rrf-audit models`), hub id, local directory or .safetensors checkpoint."
 PROMPTS_HELP = "Prompt source: 'i2p' (hub dataset), a shipped set ('harmless'), or a .csv/.parquet/.txt file."
 
 
@@ -17,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
 
 def generate(
-    base: str = typer.Argument(..., help="Base model: alias (see `rrf-audit models`), hub id, local directory or .safetensors checkpoint."),
+    base: str = typer.Argument(..., help=BASE_HELP),
     safer: str = typer.Argument(..., help="Safer model: alias, 'sld' (SLD on the base weights), hub id, directory, "
                                           "or a .safetensors file (a UNet fine-tune or a full checkpoint)."),
     prompts: str = typer.Option("i2p", "--prompts", "-p", help=PROMPTS_HELP),

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from audit.cli.generate import BASE_HELP
+
 DIMS_HELP = "Channel widths of the reward's UNet encoder, comma-separated (paper: 32,64,128,256)."
 
 
@@ -74,8 +76,8 @@ def fit(
     from audit.fit import FitConfig
     from audit.fit import fit as run
 
-    cfg = FitConfig(dims=_dims(dims), lr=lr, batch_size=batch_size, steps=steps, max_samples_per_trajectory=max_samples_per_trajectory or None,
-                    test_fraction=test_fraction,
+    cfg = FitConfig(dims=_dims(dims), lr=lr, batch_size=batch_size, steps=steps,
+                    max_samples_per_trajectory=max_samples_per_trajectory or None, test_fraction=test_fraction,
                     seed=seed, mixed_precision=mixed_precision)  # type: ignore[arg-type]
     run(data, out, cfg, device=None if device == "auto" else device, progress=progress)
     typer.echo(f"reward: {out / 'reward'}")
@@ -158,8 +160,9 @@ def score(
 
 
 def compare(
-    base: str = typer.Argument(..., help="Base model: alias (see `rrf-audit models`), hub id, local directory or .safetensors checkpoint."),
-    safer: str = typer.Argument(..., help="Safer model: alias, 'sld', hub id, directory or .safetensors file (UNet or full)."),
+    base: str = typer.Argument(..., help=BASE_HELP),
+    safer: str = typer.Argument(..., help="Safer model: alias, 'sld', hub id, directory or .safetensors file "
+                                          "(UNet or full)."),
     prompts: str | None = typer.Option(None, "--prompts", "-p",
                                        help="Prompt source (default: the toy set for toy models, else i2p)."),
     limit: int | None = typer.Option(None, help="At most N prompts, stratified by category (seeded)."),
@@ -200,7 +203,8 @@ def compare(
     cfg = CompareConfig(
         generate=GenerateConfig(base=base, safer=safer, prompts=prompts, limit=limit, steps=steps, guidance=guidance,
                                 batch_size=batch_size, seed=seed, concept=concept, sld_preset=sld_preset, device=device),
-        fit=FitConfig(dims=_dims(dims), steps=fit_steps, max_samples_per_trajectory=fit_max_samples_per_trajectory or None, seed=seed),
+        fit=FitConfig(dims=_dims(dims), steps=fit_steps, max_samples_per_trajectory=fit_max_samples_per_trajectory or None,
+                      seed=seed),
         report=ReportConfig(blur=blur, seed=seed),
     )
     out = out or default_out(base, safer)

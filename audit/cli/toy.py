@@ -60,7 +60,8 @@ def erase(
     from audit.toy.erase import erase as run
 
     base_dir = WEIGHTS / base if base in SHIPPED else Path(base)
-    manifest = run(base_dir, out, EraseConfig(concept=concept, seed=seed, steps=steps, threads=threads), progress=progress)
+    cfg = EraseConfig(concept=concept, seed=seed, steps=steps, threads=threads)
+    manifest = run(base_dir, out, cfg, progress=progress)
     q = manifest.get("quality")
     summary = f"erased model in {out}"
     if q:

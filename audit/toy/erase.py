@@ -38,7 +38,7 @@ from audit.toy.quality import SamplingSettings, evaluate, load_pipeline, pipelin
 from audit.toy.train import Clock, encode_captions, save_pipeline_atomic
 from prompts.toy import toy_prompts
 from rrf.errors import UserError
-from rrf.manifest import claim_output_dir, provenance, write_json_atomic
+from rrf.manifest import claim_output_dir, provenance, read_json, write_json_atomic
 from rrf.trainer import Trainer, TrainerConfig
 
 
@@ -99,7 +99,7 @@ def erase(base: str | Path, out: str | Path, cfg: EraseConfig, progress: bool = 
     manifest = {"kind": "toy-erased-model", "concept": cfg.concept, "base": str(base), "config": asdict(cfg),
                 "seed": cfg.seed, "base_unet_sha256": _sha256(base / "unet" / "diffusion_pytorch_model.safetensors"),
                 "quality": quality, "time": clock.times, "load_average": os.getloadavg(),
-                "base_manifest": _read_json(base / "manifest.json"), "provenance": provenance()}
+                "base_manifest": read_json(base / "manifest.json"), "provenance": provenance()}
     write_json_atomic(manifest_path, manifest)
     return manifest
 
@@ -180,7 +180,3 @@ def measure_erasure(base: str | Path, erased: str | Path, concept: str, seeds_pe
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
