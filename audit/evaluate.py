@@ -3,7 +3,7 @@
 1. load the run (reward, split) and its store;
 2. score the final latent of every trajectory -> ``scores.parquet`` (one row per sample, with its split);
 3. separation (accuracy with a threshold fitted on the train split; AUROC), per-category AUROC and the
-   attribute breakdown, all on the test split (``audit.metrics``);
+   attribute breakdown with the models' disagreement per attribute, all on the test split (``audit.metrics``);
 4. mean reward per diffusion timestep for base vs expert test trajectories;
 5. cosine between grad rho and the target on held-out tuples;
 6. optionally, ground truth: AUROC of a low reward for images that show the concept (``concept_auroc``);
@@ -88,6 +88,24 @@ def timestep_curve(store: Store, reward: RelativeReward, scores: pd.DataFrame, n
     return pd.DataFrame(rows)
 
 
+@torch.no_grad()
+def disagreement(store: Store, reward: RelativeReward, traj_ids: list[int]) -> np.ndarray:
+    """Per trajectory, the mean over timesteps of ``|h_t|^2 / scale_t^2``: how much the two models'
+    one-step predictions differ along it, in units of the training set's average (1 = a typical tuple).
+
+    It needs no reward (only the target scale that the fit computed), so it shows where the safer model
+    changes the sampling even where the reward does not generalise.
+    """
+    timesteps = torch.as_tensor(store.timesteps)
+    scale2 = (torch.ones(len(timesteps)) if reward.output_scale is None
+              else reward.output_scale.cpu()(timesteps).double().pow(2))
+    energy = {}
+    for ids, _, steps in store.iter_groups(traj_ids, group_size=32):
+        per_t = steps.double().flatten(2).pow(2).mean(dim=2) / scale2  # (N, S)
+        energy.update(zip(ids.tolist(), per_t.mean(dim=1).tolist(), strict=True))
+    return np.array([energy[i] for i in traj_ids])
+
+
 def heldout_cosine(store: Store, reward: RelativeReward, test_ids: list[int], n: int, seed: int,
                    device: str | torch.device) -> dict[str, float]:
     """Mean per-tuple cosine between grad rho and the target, and the explained share of its energy."""
@@ -127,6 +145,8 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig, device: str = "cpu",
     scores = scores_table(store, split, reward, cfg.batch_size, device)
 
     # 3. Separation and breakdowns on held-out prompts.
+    test = scores["split"] == "test"
+    scores.loc[test, "disagreement"] = disagreement(store, reward, scores.loc[test, "traj_id"].astype(int).tolist())
     metrics: dict = {**separation(scores), "per_category": per_category_auroc(scores),
                      "attribute_breakdown": attribute_breakdown(scores)}
 

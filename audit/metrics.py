@@ -71,17 +71,27 @@ def attribute_breakdown(scores: pd.DataFrame, split: str = "test") -> list[dict]
 
     Sorted by the difference to the mean of all base samples, lowest first: the attributes at the
     top are the ones the safer model steers away from most; an attribute with a CI clear of zero is
-    a real change, collateral or intended.
+    a real change, collateral or intended. With a ``disagreement`` column (``audit.evaluate.disagreement``)
+    each row also has the mean disagreement of the attribute's trajectories (both followers) relative
+    to all of them: where the two models' predictions differ, measured without the reward.
     """
     base = scores[(scores["follow"] == "base") & (scores["split"] == split)]
     if base.empty:
         return []
     overall = float(base["reward"].mean())
+    # Disagreement is a property of a prompt's trajectories, whichever model they follow.
+    both = scores[scores["split"] == split]
+    has_disagreement = "disagreement" in both and both["disagreement"].notna().any()
+    overall_disagreement = float(both["disagreement"].mean()) if has_disagreement else math.nan
+    disagreements = (explode_categories(both).groupby("category")["disagreement"].mean() / overall_disagreement
+                     if has_disagreement else {})
     rows = []
     for cat, group in explode_categories(base).groupby("category", sort=True):
         mean, half = mean_ci(group["reward"].to_numpy())
-        rows.append({"attribute": str(cat), "n": int(len(group)), "mean_reward": mean, "ci95": half,
-                     "delta": mean - overall})
+        row = {"attribute": str(cat), "n": int(len(group)), "mean_reward": mean, "ci95": half, "delta": mean - overall}
+        if has_disagreement:
+            row["disagreement"] = float(disagreements[cat])
+        rows.append(row)
     return sorted(rows, key=lambda r: r["delta"])
 
 

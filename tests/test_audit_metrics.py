@@ -48,6 +48,22 @@ def test_per_category_and_attribute_breakdown():
     assert cats["red"]["auroc"] == 1.0 and cats["red"]["n_base"] == 10 and cats["blue"]["n_expert"] == 20
 
 
+def test_attribute_breakdown_reports_model_disagreement_of_both_followers():
+    rows = []
+    for i in range(12):
+        cat = ["red"] if i % 3 == 0 else ["blue"]
+        for follow, d in (("base", 3.0 if cat == ["red"] else 1.0), ("expert", 1.0)):
+            rows.append({"prompt_id": i, "categories": cat, "follow": follow, "split": "test", "reward": 0.1 * i,
+                         "disagreement": d})
+    rows.append({"prompt_id": 99, "categories": ["red"], "follow": "base", "split": "train", "reward": 0.0,
+                 "disagreement": 100.0})  # train rows must not count
+    table = {r["attribute"]: r for r in attribute_breakdown(pd.DataFrame(rows))}
+    overall = (4 * (3 + 1) + 8 * (1 + 1)) / 24
+    assert table["red"]["disagreement"] == pytest.approx(2.0 / overall)
+    assert table["blue"]["disagreement"] == pytest.approx(1.0 / overall)
+    assert "disagreement" not in attribute_breakdown(pd.DataFrame(rows).drop(columns="disagreement"))[0]
+
+
 def test_concept_auroc_rewards_low_scores_for_concept_images():
     assert concept_auroc(np.array([-3, -2, 1, 2]), np.array([1, 1, 0, 0])) == 1.0
     assert concept_auroc(np.array([-3, 2, 1, -2]), np.array([1, 1, 0, 0])) == 0.5

@@ -15,6 +15,7 @@ from audit.fit import FitConfig, fit
 from audit.generate import GenerateConfig, generate
 from audit.report import ReportConfig, report_run
 from audit.score import ScoreConfig, score_images, score_prompts
+from audit.store import Store
 from rrf.reward import RelativeReward
 
 I2P = str(I2P_CSV)
@@ -58,6 +59,15 @@ def test_fit_evaluate_on_held_out_prompts(run):
     # The saved reward is the EMA model with its scaling; it reloads on its own.
     reward = RelativeReward.from_pretrained(run / "reward")
     assert reward.normalizer is not None and reward.output_scale is not None
+    # Disagreement of one test trajectory, recomputed from its stored one-step differences.
+    store = Store.open(json.loads((run / "manifest.json").read_text())["store"])
+    row = test.iloc[0]
+    _, steps = store.read_rows([int(row["traj_id"])])
+    scale = reward.output_scale(torch.tensor(store.timesteps)).double()
+    expected = (steps[0].double().flatten(1).pow(2).mean(1) / scale**2).mean()
+    assert row["disagreement"] == pytest.approx(float(expected), rel=1e-6)
+    assert scores.loc[scores["split"] == "train", "disagreement"].isna().all()
+    assert all(r["disagreement"] > 0 for r in saved["attribute_breakdown"])
 
     index = report_run(run, run.parent / "report", ReportConfig(top=4, per_batch=4))
     html = index.read_text()

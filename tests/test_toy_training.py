@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from audit.toy.erase import EraseConfig, erase
+from audit.toy.erase import EraseConfig, erase, steered_mask
 from audit.toy.train import PIPELINE_FILES, ToyTrainConfig, train
 from rrf.errors import UserError
 
@@ -72,6 +72,16 @@ def test_erase_changes_only_the_unet_and_learns(tiny_toy, tmp_path):
     for name in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
                  "tokenizer/tokenizer.json", "scheduler/scheduler_config.json"):
         assert (out / name).read_bytes() == (tiny_toy / name).read_bytes(), name
+
+
+def test_steered_pairs_by_scope():
+    from audit.toy.data import COLOURS
+
+    captions = ["red circle", "circle", "blue square", "", "a small triangle", "blue circle"]
+    images = torch.tensor([list(COLOURS).index(c) for c in ("red", "green", "red", "red", "red", "blue")])
+    assert steered_mask(captions, images, "red", "concept").tolist() == [True, True, False, False, True, False]
+    # "shown": a colour-free caption is steered only on an image of the concept; the empty caption never.
+    assert steered_mask(captions, images, "red", "shown").tolist() == [True, False, True, False, True, False]
 
 
 def test_erase_refuses_an_unknown_colour_in_one_line(tiny_toy, tmp_path):

@@ -46,6 +46,9 @@ def erase(
     steps: int = typer.Option(400, help="Fine-tuning steps: 400 erase red (toy-safe); blue needed 800 (1.6% left, "
                               "accuracy elsewhere -3.7 points), where red at 800 loses 32 points elsewhere."),
     threads: int = typer.Option(1, help="CPU threads for torch. The weights' bytes depend on it: toy-safe used 1."),
+    steer: str = typer.Option("concept", help="Which captions learn to avoid the concept: 'concept' (those naming it "
+                              "and every colour-free caption; toy-safe) or 'shown' (those naming it, and any caption "
+                              "on an image of it: colour-free prompts keep their other colours)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Fine-tune a toy's cross-attention so that it no longer draws CONCEPT (ESD-x); `toy-safe` is `--concept red`.
@@ -60,7 +63,7 @@ def erase(
     from audit.toy.erase import erase as run
 
     base_dir = WEIGHTS / base if base in SHIPPED else Path(base)
-    cfg = EraseConfig(concept=concept, seed=seed, steps=steps, threads=threads)
+    cfg = EraseConfig(concept=concept, seed=seed, steps=steps, threads=threads, steer=steer)
     manifest = run(base_dir, out, cfg, progress=progress)
     q = manifest.get("quality")
     summary = f"erased model in {out}"

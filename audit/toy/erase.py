@@ -61,6 +61,15 @@ class EraseConfig:
     trainable: str = "cross-attention"
     """Which UNet weights are fine-tuned: "cross-attention" (ESD-x: only the layers that read the text,
     so captions without the concept are changed less) or "all" (ESD-u)."""
+    steer: str = "concept"
+    """Which training pairs are taught the steered target (the empty caption never is):
+    "concept": captions naming the concept, and captions naming no colour whatever the image shows (the
+    shipped toy-safe); "shown": captions naming the concept, and any caption paired with an image of the
+    concept, so that colour-free captions are steered only where the image would show it. Measured on the
+    shipped toy, red, 2 seeds per prompt: "shown" leaves 0.0% red on red prompts and costs 0.5 points of
+    accuracy elsewhere; "concept" (400 steps) 4.3% / 0.7 points (8 seeds). "concept" sends every colour-free
+    prompt to blue, and its one-step predictions differ from the base's as much on blue prompts as on red
+    ones; with "shown", red prompts carry 68-86% of the difference."""
     p_concept_caption: float = 0.5
     """Fraction of training captions that ask for the concept (the rest name the image's own colour)."""
     eval_seeds_per_prompt: int = 8
@@ -104,6 +113,21 @@ def erase(base: str | Path, out: str | Path, cfg: EraseConfig, progress: bool = 
     return manifest
 
 
+STEER = ("concept", "shown")
+
+
+def steered_mask(captions: list[str], image_colours: Tensor, concept: str, steer: str) -> Tensor:
+    """(N,) bool: which (caption, image) pairs are taught the steered target (see ``EraseConfig.steer``)."""
+    colours = list(data.COLOURS)
+    named = torch.tensor([concept in c.split() for c in captions], dtype=torch.bool)
+    if steer == "concept":
+        colour_free = torch.tensor([bool(c.split()) and not any(k in c.split() for k in colours) for c in captions],
+                                   dtype=torch.bool)
+        return named | colour_free
+    shows = (image_colours == colours.index(concept)) & torch.tensor([bool(c) for c in captions], dtype=torch.bool)
+    return named | shows
+
+
 def train_erased_unet(pipe, cfg: EraseConfig, work_dir: Path, progress: bool = True):
     """The fine-tuning loop: batches (states, captions, frozen targets) are a pure function of the step."""
     import copy
@@ -118,15 +142,13 @@ def train_erased_unet(pipe, cfg: EraseConfig, work_dir: Path, progress: bool = T
             p.requires_grad_(".attn2." in name)
     elif cfg.trainable != "all":
         raise UserError(f"unknown trainable weights {cfg.trainable!r}; choose cross-attention or all")
+    if cfg.steer not in STEER:
+        raise UserError(f"unknown --steer {cfg.steer!r}; choose {' or '.join(STEER)}")
     scheduler = build_scheduler()
     colours = list(data.COLOURS)
     concept_index = colours.index(cfg.concept)
     with torch.no_grad():
         concept_emb, empty_emb = text_encoder(encode_captions(tokenizer, [cfg.concept, ""]))[0]
-
-    def steered(caption: str) -> bool:
-        words = caption.split()
-        return cfg.concept in words or (bool(words) and not any(c in words for c in colours))
 
     @torch.no_grad()
     def batches(step: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -144,7 +166,7 @@ def train_erased_unet(pipe, cfg: EraseConfig, work_dir: Path, progress: bool = T
         eps = frozen(noisy.repeat(3, 1, 1, 1), t.repeat(3),
                      torch.cat([emb, concept_emb.expand(n, -1, -1), empty_emb.expand(n, -1, -1)])).sample
         eps_caption, eps_concept, eps_empty = eps.chunk(3)
-        mask = torch.tensor([steered(c) for c in captions], dtype=torch.float32)[:, None, None, None]
+        mask = steered_mask(captions, s.colour, cfg.concept, cfg.steer).float()[:, None, None, None]
         target = eps_caption - mask * cfg.negative_guidance * (eps_concept - eps_empty)
         return noisy, t, emb, target
 
