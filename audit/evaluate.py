@@ -96,9 +96,11 @@ def disagreement(store: Store, reward: RelativeReward, traj_ids: list[int]) -> n
     It needs no reward (only the target scale that the fit computed), so it shows where the safer model
     changes the sampling even where the reward does not generalise.
     """
-    timesteps = torch.as_tensor(store.timesteps)
-    scale2 = (torch.ones(len(timesteps)) if reward.output_scale is None
-              else reward.output_scale.cpu()(timesteps).double().pow(2))
+    if reward.output_scale is None:
+        scale2 = torch.ones(len(store.timesteps), dtype=torch.double)
+    else:  # read on the reward's device; moving the module would move it for the caller too
+        timesteps = torch.as_tensor(store.timesteps, device=reward.output_scale.scale.device)
+        scale2 = reward.output_scale(timesteps).double().cpu().pow(2)
     energy = {}
     for ids, _, steps in store.iter_groups(traj_ids, group_size=32):
         per_t = steps.double().flatten(2).pow(2).mean(dim=2) / scale2  # (N, S)

@@ -82,9 +82,8 @@ def attribute_breakdown(scores: pd.DataFrame, split: str = "test") -> list[dict]
     # Disagreement is a property of a prompt's trajectories, whichever model they follow.
     both = scores[scores["split"] == split]
     has_disagreement = "disagreement" in both and both["disagreement"].notna().any()
-    overall_disagreement = float(both["disagreement"].mean()) if has_disagreement else math.nan
-    disagreements = (explode_categories(both).groupby("category")["disagreement"].mean() / overall_disagreement
-                     if has_disagreement else {})
+    if has_disagreement:
+        disagreements = explode_categories(both).groupby("category")["disagreement"].mean() / both["disagreement"].mean()
     rows = []
     for cat, group in explode_categories(base).groupby("category", sort=True):
         mean, half = mean_ci(group["reward"].to_numpy())

@@ -84,6 +84,12 @@ def test_steered_pairs_by_scope():
     assert steered_mask(captions, images, "red", "shown").tolist() == [True, False, True, False, True, False]
 
 
+def test_erase_refuses_an_unknown_steer_before_claiming_the_output(tiny_toy, tmp_path):
+    with pytest.raises(UserError, match="unknown --steer 'everything'; choose concept or shown"):
+        erase(tiny_toy, tmp_path / "x", EraseConfig(steer="everything"), progress=False)
+    assert not (tmp_path / "x").exists()
+
+
 def test_erase_refuses_an_unknown_colour_in_one_line(tiny_toy, tmp_path):
     proc = subprocess.run([sys.executable, "-c", "from audit.cli import main; main()", "toy", "erase",
                            "--concept", "purple", "--base", str(tiny_toy), "--out", str(tmp_path / "x")],

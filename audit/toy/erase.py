@@ -41,6 +41,9 @@ from rrf.errors import UserError
 from rrf.manifest import claim_output_dir, provenance, read_json, write_json_atomic
 from rrf.trainer import Trainer, TrainerConfig
 
+STEER = ("concept", "shown")
+"""Values of ``EraseConfig.steer``."""
+
 
 @dataclass
 class EraseConfig:
@@ -86,6 +89,8 @@ def erase(base: str | Path, out: str | Path, cfg: EraseConfig, progress: bool = 
     if cfg.concept not in data.COLOURS:
         raise UserError(f"cannot erase {cfg.concept!r}: the toy knows the colours {', '.join(data.COLOURS)}; "
                         "pass one of them with --concept")
+    if cfg.steer not in STEER:
+        raise UserError(f"unknown --steer {cfg.steer!r}; choose {' or '.join(STEER)}")
     base, out = Path(base), Path(out)
     if not (base / "model_index.json").is_file():
         raise UserError(f"{base} is not a toy model directory (no model_index.json); pass a directory made by "
@@ -111,9 +116,6 @@ def erase(base: str | Path, out: str | Path, cfg: EraseConfig, progress: bool = 
                 "base_manifest": read_json(base / "manifest.json"), "provenance": provenance()}
     write_json_atomic(manifest_path, manifest)
     return manifest
-
-
-STEER = ("concept", "shown")
 
 
 def steered_mask(captions: list[str], image_colours: Tensor, concept: str, steer: str) -> Tensor:
@@ -142,8 +144,6 @@ def train_erased_unet(pipe, cfg: EraseConfig, work_dir: Path, progress: bool = T
             p.requires_grad_(".attn2." in name)
     elif cfg.trainable != "all":
         raise UserError(f"unknown trainable weights {cfg.trainable!r}; choose cross-attention or all")
-    if cfg.steer not in STEER:
-        raise UserError(f"unknown --steer {cfg.steer!r}; choose {' or '.join(STEER)}")
     scheduler = build_scheduler()
     colours = list(data.COLOURS)
     concept_index = colours.index(cfg.concept)
