@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 
 ## demo: the main job: the shipped toy audit, end to end on this machine's CPU; ends with the path of its report.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/rrf-audit compare toy toy-sld --out reports/toy-vs-toy-sld
+	HF_HUB_OFFLINE=1 $(BIN)/rrf-audit compare toy toy-safe --out reports/toy-vs-toy-safe
 
 ## test: the whole test suite (also what CI runs). Installs Debian's chromium for the browser test if it can.
 test: $(STAMP)

@@ -1,7 +1,8 @@
 """`rrf-audit evaluate`: how well the fitted reward separates base from safer samples on held-out prompts.
 
 1. load the run (reward, split) and its store;
-2. score the final latent of every trajectory -> ``scores.parquet`` (one row per sample, with its split);
+2. score the final latent of every trajectory -> ``scores.parquet`` (one row per sample, with its split),
+   by default re-noised into the middle of the diffusion (``score_latents_noised``);
 3. separation (accuracy with a threshold fitted on the train split; AUROC), per-category AUROC and the
    attribute breakdown with the models' disagreement per attribute, all on the test split (``audit.metrics``);
 4. mean reward per diffusion timestep for base vs expert test trajectories;
@@ -24,6 +25,7 @@ from audit import plots
 from audit.fit import heldout_tuples, load_fit_manifest, load_split
 from audit.metrics import attribute_breakdown, concept_auroc, mean_ci, per_category_auroc, separation
 from audit.store import Store, sha256_file
+from rrf.errors import UserError
 from rrf.manifest import file_digests, provenance, read_json, same_inputs, write_json_atomic
 from rrf.reward import RelativeReward
 
@@ -38,6 +40,18 @@ class EvaluateConfig:
     """Test trajectories per follower used for the per-timestep reward curve."""
     cosine_tuples: int = 1024
     """Held-out tuples for the gradient cosine."""
+    score_band: tuple[float, float] = (0.45, 0.8)
+    """A final sample is scored by the reward of its latent noised to stored timesteps in this band (as
+    fractions of the training schedule), in units of each timestep's target scale, averaged over
+    ``score_timesteps`` timesteps x ``score_draws`` noise draws. Why: gradient matching pins rho down only
+    where the two models' states meet; the clean samples of the two models at the last step barely overlap,
+    while mid-way the noise connects them (the locomotion and Maze2D checks found the same). Measured on
+    the balanced toy prompts, same stores and rewards, clean -> band (accuracy / AUROC / concept AUROC):
+    toy vs an erased toy (eta 2) 70.4% / 0.768 / 0.729 -> 79.6% / 0.863 / 0.921; toy vs toy-sld 98.1% /
+    1.000 / 1.000 -> 100% / 1.000 / 1.000."""
+    score_timesteps: int = 4
+    """Stored timesteps of the band to average over; 0 scores the clean latent at the last timestep."""
+    score_draws: int = 8
     seed: int = 0
 
 
@@ -52,16 +66,65 @@ def score_latents(reward: RelativeReward, latents: torch.Tensor, t: int, batch_s
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
-def scores_table(store: Store, split: pd.DataFrame, reward: RelativeReward, batch_size: int,
-                 device: str | torch.device) -> pd.DataFrame:
-    """One row per trajectory: the store's columns, the split and the reward of its final sample."""
+def score_timesteps(timesteps: Sequence[int], num_train_timesteps: int, band: tuple[float, float], n: int) -> list[int]:
+    """``n`` of the stored ``timesteps`` spread evenly over ``band`` (fractions of the training schedule)."""
+    inside = sorted(int(t) for t in timesteps if band[0] * num_train_timesteps <= t <= band[1] * num_train_timesteps)
+    if not inside:
+        raise UserError(f"no stored timestep lies in the scoring band {band} of {num_train_timesteps}; "
+                        "widen --score-band or score the clean latent (--score-timesteps 0)")
+    return [inside[i] for i in np.unique(np.round(np.linspace(0, len(inside) - 1, n)).astype(int))]
+
+
+@torch.no_grad()
+def score_latents_noised(reward: RelativeReward, x0: torch.Tensor, timesteps: Sequence[int],
+                         alphas_cumprod: torch.Tensor, draws: int, seed: int, batch_size: int = 64,
+                         device: str | torch.device = "cpu") -> np.ndarray:
+    """Mean over ``timesteps`` and ``draws`` of rho(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) / scale_t.
+
+    Draw k adds the same noise to every latent (one sample from a CPU generator seeded (seed, k)): an
+    image's score does not depend on what else is scored with it, and two images are compared under the
+    same noise, which keeps the noise out of their difference.
+    """
+    total = np.zeros(len(x0))
+    for k in range(draws):
+        eps = torch.randn(tuple(x0.shape[1:]), generator=torch.Generator().manual_seed(seed * 1_000_003 + k))
+        for t in timesteps:
+            abar = float(alphas_cumprod[t])
+            scale = 1.0 if reward.output_scale is None else float(reward.output_scale(torch.tensor([t])))
+            total += score_latents(reward, abar**0.5 * x0 + (1 - abar) ** 0.5 * eps, t, batch_size, device) / scale
+    return total / (draws * len(timesteps))
+
+
+def store_schedule(store: Store) -> torch.Tensor:
+    """alphas_cumprod of the store's scheduler, from the configuration its manifest records (no weights)."""
+    import diffusers
+
+    scheduler = store.manifest["pair"]["scheduler"]
+    return getattr(diffusers, scheduler["class"]).from_config(scheduler["config"]).alphas_cumprod
+
+
+def image_scores(store: Store, reward: RelativeReward, x0: torch.Tensor, cfg: EvaluateConfig,
+                 device: str | torch.device) -> tuple[np.ndarray, dict]:
+    """The rewards of final latents ``x0`` by ``cfg``'s scoring rule, and that rule as recorded in metrics."""
+    if cfg.score_timesteps == 0:
+        t = int(store.timesteps[-1])
+        return score_latents(reward, x0, t, cfg.batch_size, device), {"timesteps": [t], "draws": 0}
+    alphas = store_schedule(store)
+    ts = score_timesteps(store.timesteps, len(alphas), cfg.score_band, cfg.score_timesteps)
+    return (score_latents_noised(reward, x0, ts, alphas, cfg.score_draws, cfg.seed, cfg.batch_size, device),
+            {"timesteps": ts, "draws": cfg.score_draws, "band": list(cfg.score_band)})
+
+
+def scores_table(store: Store, split: pd.DataFrame, reward: RelativeReward, cfg: EvaluateConfig,
+                 device: str | torch.device) -> tuple[pd.DataFrame, dict]:
+    """One row per trajectory: the store's columns, the split and the reward of its final sample; the rule."""
     table = store.trajectories.merge(split[["traj_id", "split"]], on="traj_id", how="left", validate="one_to_one")
     table["split"] = table["split"].fillna("unused")
     ids = table["traj_id"].astype(int).tolist()
     latents = torch.cat([store.final_latents(ids[i : i + 256]) for i in range(0, len(ids), 256)])
-    table["reward"] = score_latents(reward, latents, store.timesteps[-1], batch_size, device)
+    table["reward"], rule = image_scores(store, reward, latents, cfg, device)
     table["image_path"] = [str(store.image_path(i)) for i in ids]
-    return table
+    return table, rule
 
 
 def timestep_curve(store: Store, reward: RelativeReward, scores: pd.DataFrame, n: int, seed: int,
@@ -144,7 +207,7 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig, device: str = "cpu",
     reward = RelativeReward.from_pretrained(run_dir / "reward", device=device)
 
     # 2. Final-sample rewards.
-    scores = scores_table(store, split, reward, cfg.batch_size, device)
+    scores, rule = scores_table(store, split, reward, cfg, device)
 
     # 3. Separation and breakdowns on held-out prompts.
     test = scores["split"] == "test"
@@ -173,7 +236,7 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig, device: str = "cpu",
     scores.to_parquet(run_dir / "scores.parquet", index=False)
     plots.reward_histogram(scores[scores["split"] == "test"], run_dir / "reward_histogram.png")
     plots.reward_per_timestep(curve, run_dir / "reward_per_timestep.png")
-    metrics["evaluated_at_timestep"] = int(store.timesteps[-1])
+    metrics["scored_at"] = rule
     metrics["provenance"] = provenance()
     metrics["inputs"] = inputs
     write_json_atomic(run_dir / "metrics.json", metrics)

@@ -1,7 +1,7 @@
 """Algorithm 2 for text-to-image pairs: trajectories of one model, and both models' next latent at every step.
 
-For every prompt and follower (base, expert or both, as in the paper) the initial noise x_T comes from
-the seed ``prompt_seed + (0 for base, 1 for expert)``, where ``prompt_seed`` is derived from
+For every prompt, follower (base, expert or both, as in the paper) and sample k < ``images_per_prompt``
+the initial noise x_T comes from the seed ``prompt_seed + 2k + (0 for base, 1 for expert)``, where ``prompt_seed`` is derived from
 ``--seed`` and the prompt id (or is the file's ``evaluation_seed`` with ``--seed-from-file``, so a
 base trajectory starts from I2P's own noise). At each of the scheduler's timesteps both models step
 from the same x_{t+1} (``ModelPair.pair_step``: shared, batched UNet passes), the followed one's
@@ -52,6 +52,9 @@ class GenerateConfig:
     """Whose trajectories to sample: both (the paper), base or expert."""
     limit: int | None = None
     """At most this many prompts (stratified by category, seeded)."""
+    images_per_prompt: int = 1
+    """Trajectories per prompt and follower, each from its own noise (I2P's protocol draws 10 images per
+    prompt). All samples of a prompt land in the same train/test split."""
     categories: tuple[str, ...] = ()
     """Keep prompts in any of these categories (all if empty)."""
     hard_only: bool = False
@@ -100,11 +103,13 @@ class Trajectory:
     prompt: Prompt
     follow: str
     seed: int
+    sample: int = 0
+    """Index k of this trajectory among its prompt's ``images_per_prompt`` samples."""
 
     def record(self) -> dict:
         return {"traj_id": self.traj_id, "prompt_id": self.prompt.prompt_id, "prompt": self.prompt.text,
                 "categories": list(self.prompt.categories), "follow": self.follow, "seed": self.seed,
-                "image": image_file(self.traj_id)}
+                "sample": self.sample, "image": image_file(self.traj_id)}
 
 
 @dataclass
@@ -123,15 +128,17 @@ class GenerateResult:
 
 
 def plan_shards(prompts: list[Prompt], follows: tuple[str, ...], batch_size: int, seed: int,
-                seed_from_file: bool) -> list[list[Trajectory]]:
-    """Shards in order: for each block of ``batch_size`` prompts, one shard per follower; ids run over shards."""
+                seed_from_file: bool, images_per_prompt: int = 1) -> list[list[Trajectory]]:
+    """Shards in order: for each block of ``batch_size`` (prompt, sample) pairs, one shard per follower; ids
+    run over shards."""
+    samples = [(prompt, k) for prompt in prompts for k in range(images_per_prompt)]
     shards, next_id = [], 0
-    for start in range(0, len(prompts), batch_size):
+    for start in range(0, len(samples), batch_size):
         for follow in follows:
             shard = []
-            for prompt in prompts[start:start + batch_size]:
-                trajectory_seed = prompt.seed(seed, seed_from_file) + FOLLOWER_SEED_OFFSET[follow]
-                shard.append(Trajectory(next_id, prompt, follow, trajectory_seed))
+            for prompt, k in samples[start:start + batch_size]:
+                trajectory_seed = prompt.seed(seed, seed_from_file) + 2 * k + FOLLOWER_SEED_OFFSET[follow]
+                shard.append(Trajectory(next_id, prompt, follow, trajectory_seed, k))
                 next_id += 1
             shards.append(shard)
     return shards
@@ -160,15 +167,16 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> Gen
         torch.backends.cudnn.deterministic = True
     if cfg.store_dtype not in STORE_DTYPES:
         raise UserError(f"--store-dtype must be one of {', '.join(STORE_DTYPES)}, not {cfg.store_dtype!r}")
-    if cfg.steps < 1 or cfg.batch_size < 1:
-        raise UserError("--steps and --batch-size must be at least 1")
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.images_per_prompt < 1:
+        raise UserError("--steps, --batch-size and --images-per-prompt must be at least 1")
 
     # 2. Models and prompts (cheap: files are found and fingerprinted, nothing is loaded yet)
     base_spec, expert_spec = cfg.models()
     located_base, located_expert = locate_pair(base_spec, expert_spec)
     prompt_set = load_prompts(cfg.prompts, categories=cfg.categories, hard_only=cfg.hard_only, limit=cfg.limit,
                               seed=cfg.seed)
-    shards = plan_shards(prompt_set.prompts, cfg.follows(), cfg.batch_size, cfg.seed, cfg.seed_from_file)
+    shards = plan_shards(prompt_set.prompts, cfg.follows(), cfg.batch_size, cfg.seed, cfg.seed_from_file,
+                         cfg.images_per_prompt)
 
     # 3. Claim the output directory: same settings resume, different settings are refused (main process first)
     identity = {**asdict(cfg), "base": located_base.provenance(), "safer": located_expert.provenance(),
@@ -267,7 +275,7 @@ def _manifest(cfg: GenerateConfig, identity: dict, pair, prompt_source: dict, sh
         "guidance_scale": cfg.guidance,
         "sld": {"base": identity["base"]["sld"], "expert": identity["safer"]["sld"]},
         "seeds": {"seed": cfg.seed, "seed_from_file": cfg.seed_from_file,
-                  "rule": "x_T of (prompt, follower) ~ torch CPU generator seeded prompt_seed + (0 base, 1 expert)"},
+                  "rule": "x_T of (prompt, sample k, follower) ~ torch CPU generator seeded prompt_seed + 2k + (0 base, 1 expert)"},
         "prompts": prompt_source,
         "resolution": resolution,
         "latent_shape": list(latent_shape),

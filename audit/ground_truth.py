@@ -37,6 +37,24 @@ def concept_of(model: dict) -> str | None:
     return (toy_manifest(model.get("weights")) or {}).get("concept")
 
 
+TOY_IMAGES_PER_PROMPT = 3
+"""Samples per prompt of a toy audit on a concept set: its 44 prompts (I2P's protocol draws 10 per prompt)."""
+
+
+def default_prompts(base: dict, safer: dict) -> tuple[str, int]:
+    """``(prompt source, images per prompt)`` of an audit of ``base`` against ``safer`` (``ModelSpec.to_dict()``s).
+
+    I2P for real checkpoints; for a toy pair the concept's audit set (``prompts.toy.concept_prompts``)
+    and ``TOY_IMAGES_PER_PROMPT`` when the safer model's concept is a toy colour, else the balanced toy set.
+    """
+    from audit.toy.data import COLOURS
+
+    if toy_manifest(base.get("weights")) is None:
+        return "i2p", 1
+    concept = (concept_of(safer) or "").strip().lower()
+    return (f"toy-{concept}", TOY_IMAGES_PER_PROMPT) if concept in COLOURS else ("toy", 1)
+
+
 def shows_colour(colour: str) -> GroundTruth:
     from audit.toy.labeller import label
 

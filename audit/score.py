@@ -1,9 +1,10 @@
 """`rrf-audit score`: the fitted reward of new images or of new prompts' samples.
 
-* Images are VAE-encoded with the run's base model and scored at a chosen timestep: at the last
-  sampling timestep (the default, how final samples are scored) the clean latent is scored as is;
-  at a larger ``t`` it is first noised to ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` with a
-  seeded ``eps``.
+* Images are VAE-encoded with the run's base model and scored by the rule of ``rrf-audit evaluate``
+  (the latent noised into the middle of the diffusion, averaged over timesteps and noise draws; see
+  ``EvaluateConfig.score_band``), so their scores are on the scale of the run's own samples; or at one
+  chosen timestep: at the last sampling timestep the clean latent as is, at a larger ``t`` noised to
+  ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` with a seeded ``eps``.
 * A prompt file is sampled by the base model with the run's own generation settings (through
   ``audit.generate``, so the samples are reproducible and resumable), then its final latents are scored.
 """
@@ -18,7 +19,7 @@ import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from audit.evaluate import score_latents
+from audit.evaluate import EvaluateConfig, image_scores, score_latents
 from audit.fit import load_fit_manifest
 from audit.store import Store
 from rrf.errors import UserError
@@ -32,9 +33,9 @@ _SAMPLING_SETTINGS = ("steps", "guidance", "resolution", "batch_size", "seed", "
 @dataclass
 class ScoreConfig:
     timestep: int | None = None
-    """Diffusion timestep to score at (one the reward was trained on); default: the last sampling step."""
+    """Diffusion timestep to score at (one the reward was trained on); default: evaluate's scoring rule."""
     noise_seed: int = 0
-    """Seed of the noise added to image latents when scoring at a larger timestep."""
+    """Seed of the noise added to image latents (evaluate uses 0: the same draws as its own scores)."""
     batch_size: int = 16
     device: str = "cpu"
 
@@ -53,12 +54,12 @@ def _image_paths(inputs: list[Path]) -> list[Path]:
     return paths
 
 
-def _run(run_dir: Path, cfg: ScoreConfig) -> tuple[dict, Store, RelativeReward, int]:
+def _run(run_dir: Path, cfg: ScoreConfig) -> tuple[dict, Store, RelativeReward, int | None]:
     manifest = load_fit_manifest(run_dir)
     store = Store.open(manifest["store"])
     reward = RelativeReward.from_pretrained(run_dir / "reward", device=cfg.device)
-    t = store.timesteps[-1] if cfg.timestep is None else cfg.timestep
-    if t not in store.timesteps:
+    t = cfg.timestep
+    if t is not None and t not in store.timesteps:
         raise UserError(f"the reward was trained at timesteps {store.timesteps[0]}..{store.timesteps[-1]} "
                         f"({len(store.timesteps)} values); --timestep {t} is not one of them")
     return manifest, store, reward, t
@@ -86,12 +87,22 @@ def score_images(run_dir: str | Path, inputs: list[Path], cfg: ScoreConfig) -> p
         x = torch.from_numpy(pixels / 127.5 - 1.0).permute(2, 0, 1)[None].to(cfg.device, vae.dtype)
         latents.append(vae.encode(x).latent_dist.mean.float().cpu() * vae.config.scaling_factor)
     x0 = torch.cat(latents)
-    if t != store.timesteps[-1]:
+    if t is not None and t != store.timesteps[-1]:
         abar = float(pair.scheduler.alphas_cumprod[t])
         eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(cfg.noise_seed))
         x0 = abar**0.5 * x0 + (1 - abar) ** 0.5 * eps
-    rewards = score_latents(reward, x0, t, cfg.batch_size, cfg.device)
-    return pd.DataFrame({"input": [str(p) for p in paths], "timestep": t, "reward": rewards})
+    rewards, scored_at = _score(store, reward, x0, t, cfg)
+    return pd.DataFrame({"input": [str(p) for p in paths], "timestep": scored_at, "reward": rewards})
+
+
+def _score(store: Store, reward: RelativeReward, x0: torch.Tensor, t: int | None, cfg: ScoreConfig
+           ) -> tuple[np.ndarray, str]:
+    """Rewards of (possibly already noised) latents at ``t``, or by evaluate's rule; and what the column says."""
+    if t is not None:
+        return score_latents(reward, x0, t, cfg.batch_size, cfg.device), str(t)
+    rewards, rule = image_scores(store, reward, x0, EvaluateConfig(batch_size=cfg.batch_size, seed=cfg.noise_seed),
+                                 cfg.device)
+    return rewards, "band " + ",".join(map(str, rule["timesteps"]))
 
 
 def score_prompts(run_dir: str | Path, prompt_file: Path, out_dir: str | Path, cfg: ScoreConfig,
@@ -110,8 +121,6 @@ def score_prompts(run_dir: str | Path, prompt_file: Path, out_dir: str | Path, c
     generate(gen_cfg, out_dir / "samples", progress=progress)
     samples = Store.open(out_dir / "samples")
     table = samples.trajectories.copy()
-    table["reward"] = score_latents(reward, samples.final_latents(table["traj_id"].tolist()), t, cfg.batch_size,
-                                    cfg.device)
+    table["reward"], table["timestep"] = _score(store, reward, samples.final_latents(table["traj_id"].tolist()), t, cfg)
     table["image"] = [str(samples.image_path(i)) for i in table["traj_id"]]
-    table["timestep"] = t
     return table[["prompt_id", "prompt", "categories", "seed", "image", "timestep", "reward"]]

@@ -5,8 +5,15 @@ is what the audit breaks results down by, and a ``split``: ``seen`` captions are
 was trained on, ``held-out`` ones recombine training phrases into strings it never saw (the toy's
 quality figure is measured on those).
 
-The same set ships as ``prompts/sets/toy.csv`` (regenerate with ``python -m prompts.toy``), so
-``--prompts toy`` reads it like any other prompt file.
+``concept_prompts(colour)`` is the *audit* set of a toy model that suppresses that colour, what I2P is
+for Stable Diffusion: prompts that invite the concept (every prompt naming it, and the colour-free ones,
+which the base model draws in it a quarter of the time), plus a few controls naming each other colour.
+On the balanced set a precise eraser leaves three quarters of the samples unchanged, and no reward can
+separate unchanged samples: base-vs-safer accuracy is capped near 63% there, as it would be for an SD
+audit on everyday prompts.
+
+The sets ship as ``prompts/sets/toy.csv`` and ``prompts/sets/toy-<colour>.csv`` (regenerate with
+``python -m prompts.toy``), so ``--prompts toy-red`` reads one like any other prompt file.
 """
 
 from __future__ import annotations
@@ -67,7 +74,28 @@ def toy_prompts(split: Split = "all") -> list[ToyPrompt]:
     return [p for p in prompts if split == "all" or p.split == split]
 
 
-CSV_PATH = Path(__file__).resolve().parent / "sets" / "toy.csv"
+CONTROLS_PER_COLOUR = 2
+"""Control prompts per other colour in a concept's audit set (the first ones of the balanced set)."""
+
+
+def concept_prompts(concept: str) -> list[ToyPrompt]:
+    """The audit set for a model that suppresses ``concept`` (see the module doc); ids as in the balanced set."""
+    if concept not in COLOURS:
+        raise ValueError(f"unknown toy colour {concept!r}; choose one of {', '.join(COLOURS)}")
+    prompts = toy_prompts()
+    keep = {p.prompt_id for p in prompts if p.attribute("colour") in (concept, None)}
+    for colour in COLOURS:
+        if colour != concept:
+            keep |= {p.prompt_id for p in [q for q in prompts if q.attribute("colour") == colour][:CONTROLS_PER_COLOUR]}
+    return [p for p in prompts if p.prompt_id in keep]
+
+
+SETS_DIR = Path(__file__).resolve().parent / "sets"
+CSV_PATH = SETS_DIR / "toy.csv"
+
+
+def concept_csv_path(concept: str) -> Path:
+    return SETS_DIR / f"toy-{concept}.csv"
 
 
 def to_frame(prompts: list[ToyPrompt]) -> pd.DataFrame:
@@ -77,6 +105,8 @@ def to_frame(prompts: list[ToyPrompt]) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    # Regenerate the shipped CSV (`python -m prompts.toy`); a test checks that it matches toy_prompts().
+    # Regenerate the shipped CSVs (`python -m prompts.toy`); a test checks that they match the code.
     to_frame(toy_prompts()).to_csv(CSV_PATH, index=False)
-    print(f"wrote {CSV_PATH}")
+    for colour in COLOURS:
+        to_frame(concept_prompts(colour)).to_csv(concept_csv_path(colour), index=False)
+    print(f"wrote {CSV_PATH} and the concept sets beside it")

@@ -122,3 +122,41 @@ def test_training_steps_are_capped_on_small_stores():
     assert cfg.training_steps(2 * 3762) == 6000  # an I2P store is never capped
     assert FitConfig(steps=6000, max_samples_per_trajectory=None).training_steps(1) == 6000
     assert cfg.training_steps(0) == 1
+
+
+def test_final_samples_are_scored_renoised_mid_diffusion_by_a_recorded_rule(run):
+    from audit.evaluate import score_latents, score_latents_noised, score_timesteps, store_schedule
+    from rrf.errors import UserError
+
+    cfg = EvaluateConfig(curve_trajectories=8, cosine_tuples=128)
+    metrics = evaluate(run, cfg, device="cpu")
+    store = Store.open(json.loads((run / "manifest.json").read_text())["store"])
+    rule = metrics["scored_at"]
+    assert rule["draws"] == cfg.score_draws and len(rule["timesteps"]) <= cfg.score_timesteps
+    assert all(450 <= t <= 800 and t in store.timesteps for t in rule["timesteps"])
+    # One trajectory's score recomputed by hand: rho of its final latent noised with each draw's noise.
+    scores = pd.read_parquet(run / "scores.parquet")
+    reward = RelativeReward.from_pretrained(run / "reward")
+    ids = scores["traj_id"].astype(int).tolist()
+    x0 = store.final_latents(ids)
+    alphas = store_schedule(store)
+    k, t = 1, rule["timesteps"][0]
+    eps = torch.randn(tuple(x0.shape[1:]), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + k))
+    abar = float(alphas[t])
+    by_hand = score_latents(reward, abar**0.5 * x0 + (1 - abar) ** 0.5 * eps, t)
+    one = score_latents_noised(reward, x0, [t], alphas, draws=2, seed=cfg.seed)
+    first = score_latents_noised(reward, x0, [t], alphas, draws=1, seed=cfg.seed)
+    scale = float(reward.output_scale(torch.tensor([t])))
+    assert one == pytest.approx((first + by_hand / scale) / 2, rel=1e-5)
+    assert scores["reward"].to_numpy() == pytest.approx(
+        score_latents_noised(reward, x0, rule["timesteps"], alphas, cfg.score_draws, cfg.seed), rel=1e-6)
+    alone = score_latents_noised(reward, x0[3:4], rule["timesteps"], alphas, cfg.score_draws, cfg.seed)
+    assert alone[0] == pytest.approx(scores["reward"].iloc[3], rel=1e-6)  # independent of the other images
+    # The clean rule scores the final latent at the last step.
+    clean = evaluate(run, EvaluateConfig(curve_trajectories=8, cosine_tuples=128, score_timesteps=0), device="cpu")
+    assert clean["scored_at"] == {"timesteps": [store.timesteps[-1]], "draws": 0}
+    assert pd.read_parquet(run / "scores.parquet")["reward"].to_numpy() == pytest.approx(
+        score_latents(reward, x0, store.timesteps[-1]), rel=1e-6)
+    assert score_timesteps([981, 781, 581, 381, 181], 1000, (0.2, 0.8), 2) == [381, 781]  # 981, 181 lie outside
+    with pytest.raises(UserError, match="scoring band"):
+        score_timesteps([981, 1], 1000, (0.45, 0.8), 4)

@@ -118,3 +118,19 @@ def test_weights_changed_at_the_same_path_are_refused(tiny_sd, tiny_sd_finetune,
     shutil.copyfile(tiny_sd_finetune / unet, weights / unet)  # "retrained" in place
     with pytest.raises(UserError, match="different settings.*base"):
         generate(cfg, tmp_path / "store", progress=False)
+
+
+def test_images_per_prompt_keeps_the_first_samples_seeds_and_gives_every_trajectory_its_own():
+    from audit.generate import plan_shards
+    from prompts.load import load_prompts
+
+    prompts = load_prompts("harmless", limit=3).prompts
+    one = [tr for shard in plan_shards(prompts, ("base", "expert"), 2, 0, False) for tr in shard]
+    three = [tr for shard in plan_shards(prompts, ("base", "expert"), 2, 0, False, images_per_prompt=3) for tr in shard]
+    assert len(three) == 3 * len(one) and [tr.traj_id for tr in three] == list(range(len(three)))
+    assert len({tr.seed for tr in three}) == len(three)  # no two trajectories share their noise
+    first = {(tr.prompt.prompt_id, tr.follow): tr.seed for tr in three if tr.sample == 0}
+    assert first == {(tr.prompt.prompt_id, tr.follow): tr.seed for tr in one}  # k = 0 is the one-image store
+    assert {tr.record()["sample"] for tr in three} == {0, 1, 2}
+    with pytest.raises(UserError, match="images-per-prompt"):
+        generate(GenerateConfig(base="toy", safer="toy-sld", prompts="toy", images_per_prompt=0), Path("/nonexistent"))

@@ -38,7 +38,8 @@ def store(store_dir):
 
 def test_layout_table_seeds_and_images(store, store_dir):
     table = store.trajectories
-    assert list(table.columns[:7]) == ["traj_id", "prompt_id", "prompt", "categories", "follow", "seed", "image"]
+    assert list(table.columns[:8]) == ["traj_id", "prompt_id", "prompt", "categories", "follow", "seed", "sample",
+                                       "image"]
     assert list(table["traj_id"]) == list(range(10))
     assert (table["follow"] == "base").sum() == 5 and table.groupby("prompt_id")["follow"].nunique().eq(2).all()
     assert all(c == ["harmless"] for c in table["categories"])

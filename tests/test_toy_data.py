@@ -1,5 +1,6 @@
 """Toy data, tokenizer, prompt set and the pixel-rule labeller (no trained model needed)."""
 
+import pytest
 import torch
 
 from audit.toy import data
@@ -98,3 +99,23 @@ def test_shipped_toy_csv_is_the_prompt_set_and_loads_as_a_prompt_source():
     loaded = load_prompts("toy").prompts
     assert [(p.prompt_id, p.text, p.categories) for p in loaded] == \
         [(p.prompt_id, p.prompt, p.categories) for p in toy_prompts()]
+
+
+@pytest.mark.parametrize("concept", data.COLOURS)
+def test_concept_audit_set_invites_the_concept_with_controls_and_ships_as_a_csv(concept):
+    from prompts.load import load_prompts
+    from prompts.toy import CONTROLS_PER_COLOUR, concept_csv_path, concept_prompts, to_frame
+
+    chosen = concept_prompts(concept)
+    balanced = {p.prompt_id: p for p in toy_prompts()}
+    assert all(balanced[p.prompt_id] == p for p in chosen)  # same ids (so the same seeds) as the balanced set
+    colours = [p.attribute("colour") for p in chosen]
+    assert colours.count(concept) == sum(p.attribute("colour") == concept for p in balanced.values())
+    assert colours.count(None) == sum(p.attribute("colour") is None for p in balanced.values())
+    assert all(colours.count(c) == CONTROLS_PER_COLOUR for c in data.COLOURS if c != concept)
+    # Most samples invite the concept, as I2P's prompts invite inappropriate content.
+    assert sum(c in (concept, None) for c in colours) / len(colours) >= 0.85
+    assert concept_csv_path(concept).read_text() == to_frame(chosen).to_csv(index=False)
+    assert [p.prompt_id for p in load_prompts(f"toy-{concept}").prompts] == [p.prompt_id for p in chosen]
+    with pytest.raises(ValueError, match="unknown toy colour"):
+        concept_prompts("purple")

@@ -96,3 +96,28 @@ def test_erase_refuses_an_unknown_colour_in_one_line(tiny_toy, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and "red, green, blue, yellow" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "x").exists()
+
+
+def empty_caption_drift(base: Path, erased: Path) -> float:
+    """Mean squared change of the empty caption's prediction (what CFG multiplies by 1 - w) on fixed noisy states."""
+    from audit.toy.quality import load_pipeline
+    from audit.toy.train import encode_captions
+
+    a, b = load_pipeline(str(base)), load_pipeline(str(erased))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, a.unet.config.in_channels, 8, 8, generator=g)
+    t = torch.randint(0, 1000, (16,), generator=g)
+    with torch.no_grad():
+        empty = a.text_encoder(encode_captions(a.tokenizer, [""]))[0].expand(16, -1, -1)
+        return float((a.unet(x, t, empty).sample - b.unet(x, t, empty).sample).pow(2).mean())
+
+
+def test_the_unconditional_term_holds_the_empty_caption_still(tiny_toy, tmp_path):
+    free = erase(tiny_toy, tmp_path / "free", replace(EraseConfig.tiny("green"), uncond_weight=0.0), progress=False)
+    held = erase(tiny_toy, tmp_path / "held", replace(EraseConfig.tiny("green"), uncond_weight=10.0), progress=False)
+    assert free["config"]["uncond_weight"] == 0.0 and held["config"]["uncond_weight"] == 10.0
+    drift_free, drift_held = (empty_caption_drift(tiny_toy, tmp_path / n) for n in ("free", "held"))
+    assert drift_held < 0.5 * drift_free, (drift_free, drift_held)
+    logged = [r for r in map(json.loads, (tmp_path / "held" / "training" / "metrics.jsonl").read_text().splitlines())
+              if r["split"] == "train"]
+    assert all("uncond_drift" in r for r in logged)

@@ -25,6 +25,8 @@ def generate(
     out: Path = typer.Option(Path("reports/data"), "--out", "-o", help="Store directory (resumed if it exists)."),
     follow: str = typer.Option("both", help="Trajectories of: both (the paper), base or expert."),
     limit: int | None = typer.Option(None, help="At most N prompts, stratified by category (seeded)."),
+    images_per_prompt: int = typer.Option(1, help="Trajectories per prompt and follower, each from its own noise "
+                                          "(I2P's protocol: 10)."),
     categories: str = typer.Option("", help="Comma-separated categories to keep, e.g. 'sexual,violence'."),
     hard_only: bool = typer.Option(False, "--hard-only", help="Keep only I2P's 'hard' prompts."),
     steps: int = typer.Option(50, help="Denoising steps (= tuples per trajectory)."),
@@ -48,7 +50,7 @@ def generate(
 ) -> None:
     """Sample trajectories of one model and record both models' next latent at every step (Algorithm 2).
 
-    For every prompt and follower, x_T comes from a per-(prompt, follower) seed; at each step both models
+    For every prompt, sample and follower, x_T comes from its own seed; at each step both models
     step from the same latent with shared UNet passes (3 evaluations per tuple for an SLD pair, 4 for two
     checkpoints). Writes sharded safetensors, final-image PNGs and OUT/manifest.json. Rerunning the same
     command resumes; a different configuration is refused. Scale out with
@@ -58,7 +60,7 @@ def generate(
     from audit.generate import generate as run
 
     cfg = GenerateConfig(
-        base=base, safer=safer, prompts=prompts, follow=follow, limit=limit,
+        base=base, safer=safer, prompts=prompts, follow=follow, limit=limit, images_per_prompt=images_per_prompt,
         categories=tuple(c.strip() for c in categories.split(",") if c.strip()), hard_only=hard_only, steps=steps,
         guidance=guidance, resolution=resolution, batch_size=batch_size, seed=seed, seed_from_file=seed_from_file,
         scheduler=scheduler, device=device, dtype=dtype, store_dtype=store_dtype, concept=concept,

@@ -85,6 +85,10 @@ def fit(
 
 def evaluate(
     run: Path = typer.Argument(..., help="A run directory made by `rrf-audit fit`."),
+    score_timesteps: int = typer.Option(4, help="Score each final sample by its latent noised to this many timesteps "
+                                        "of the middle of the diffusion (0.45-0.8 of the schedule), averaged; 0: the "
+                                        "clean latent at the last step."),
+    score_draws: int = typer.Option(8, help="Noise draws per scoring timestep."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
 ) -> None:
     """Measure the reward on held-out prompts: base-vs-safer accuracy and AUROC, per category, per timestep.
@@ -97,7 +101,8 @@ def evaluate(
     from audit.ground_truth import ground_truth_for
 
     truth, concept = ground_truth_for(load_fit_manifest(run)["store"])
-    metrics = run_eval(run, EvaluateConfig(), device=_device(device), ground_truth=truth, concept=concept)
+    cfg = EvaluateConfig(score_timesteps=score_timesteps, score_draws=score_draws)
+    metrics = run_eval(run, cfg, device=_device(device), ground_truth=truth, concept=concept)
     typer.echo(f"{_headline(metrics)}\nmetrics: {run / 'metrics.json'}")
 
 
@@ -128,7 +133,8 @@ def score(
     run: Path = typer.Argument(..., help="A run directory made by `rrf-audit fit`."),
     inputs: list[Path] = typer.Argument(..., help="Image files, folders of images, or one prompt file (.txt/.csv)."),
     out: Path = typer.Option(Path("reports/scores.csv"), "--out", "-o", help="CSV to write."),
-    timestep: int | None = typer.Option(None, help="Timestep to score images at (default: the last sampling step)."),
+    timestep: int | None = typer.Option(None, help="Timestep to score images at (default: evaluate's rule, the latent noised "
+                                              "into the middle of the diffusion and averaged)."),
     limit: int | None = typer.Option(None, help="Prompt files: at most N prompts."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
 ) -> None:
@@ -149,7 +155,7 @@ def score(
         table = score_images(run, inputs, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
-    view = Table(title=f"reward at t={int(table['timestep'].iloc[0])} (lower: what the safer model avoids)")
+    view = Table(title=f"reward at t={table['timestep'].iloc[0]} (lower: what the safer model avoids)")
     label = "prompt" if prompt_file else "input"
     view.add_column(label, overflow="fold")
     view.add_column("reward", justify="right")
@@ -164,8 +170,11 @@ def compare(
     safer: str = typer.Argument(..., help="Safer model: alias, 'sld', hub id, directory or .safetensors file "
                                           "(UNet or full)."),
     prompts: str | None = typer.Option(None, "--prompts", "-p",
-                                       help="Prompt source (default: the toy set for toy models, else i2p)."),
+                                       help="Prompt source (default: i2p; for a toy pair the audit set of the safer "
+                                            "model's concept, e.g. toy-red)."),
     limit: int | None = typer.Option(None, help="At most N prompts, stratified by category (seeded)."),
+    images_per_prompt: int | None = typer.Option(None, help="Trajectories per prompt and follower (I2P's protocol: 10; "
+                                                 "default 1, for a toy pair 3)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (default: reports/BASE-vs-SAFER)."),
     steps: int = typer.Option(50, help="Denoising steps per trajectory."),
     guidance: float = typer.Option(7.5, help="Classifier-free guidance scale."),
@@ -194,14 +203,19 @@ def compare(
     from audit.compare import compare as run
     from audit.fit import FitConfig
     from audit.generate import GenerateConfig
-    from audit.ground_truth import toy_manifest
+    from audit.ground_truth import default_prompts
     from audit.registry import resolve
     from audit.report import ReportConfig
 
-    prompts = prompts or ("toy" if toy_manifest(resolve(base).weights) else "i2p")
+    base_spec = resolve(base)
+    default_source, default_images = default_prompts(
+        base_spec.to_dict(), resolve(safer, other=base_spec, concept=concept, sld_preset=sld_preset).to_dict())
+    prompts = prompts or default_source
+    images_per_prompt = images_per_prompt or default_images
     device = _device(device)
     cfg = CompareConfig(
-        generate=GenerateConfig(base=base, safer=safer, prompts=prompts, limit=limit, steps=steps, guidance=guidance,
+        generate=GenerateConfig(base=base, safer=safer, prompts=prompts, limit=limit, images_per_prompt=images_per_prompt,
+                                steps=steps, guidance=guidance,
                                 batch_size=batch_size, seed=seed, concept=concept, sld_preset=sld_preset, device=device),
         fit=FitConfig(dims=_dims(dims), steps=fit_steps, max_samples_per_trajectory=fit_max_samples_per_trajectory or None,
                       seed=seed),
