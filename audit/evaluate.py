@@ -71,7 +71,7 @@ def score_timesteps(timesteps: Sequence[int], num_train_timesteps: int, band: tu
     inside = sorted(int(t) for t in timesteps if band[0] * num_train_timesteps <= t <= band[1] * num_train_timesteps)
     if not inside:
         raise UserError(f"no stored timestep lies in the scoring band {band} of {num_train_timesteps}; "
-                        "widen --score-band or score the clean latent (--score-timesteps 0)")
+                        "generate with more --steps or score the clean latent (--score-timesteps 0)")
     return [inside[i] for i in np.unique(np.round(np.linspace(0, len(inside) - 1, n)).astype(int))]
 
 
@@ -85,13 +85,13 @@ def score_latents_noised(reward: RelativeReward, x0: torch.Tensor, timesteps: Se
     image's score does not depend on what else is scored with it, and two images are compared under the
     same noise, which keeps the noise out of their difference.
     """
+    scales = {t: 1.0 if reward.output_scale is None else float(reward.output_scale(torch.tensor([t]))) for t in timesteps}
     total = np.zeros(len(x0))
     for k in range(draws):
         eps = torch.randn(tuple(x0.shape[1:]), generator=torch.Generator().manual_seed(seed * 1_000_003 + k))
         for t in timesteps:
             abar = float(alphas_cumprod[t])
-            scale = 1.0 if reward.output_scale is None else float(reward.output_scale(torch.tensor([t])))
-            total += score_latents(reward, abar**0.5 * x0 + (1 - abar) ** 0.5 * eps, t, batch_size, device) / scale
+            total += score_latents(reward, abar**0.5 * x0 + (1 - abar) ** 0.5 * eps, t, batch_size, device) / scales[t]
     return total / (draws * len(timesteps))
 
 

@@ -211,7 +211,7 @@ def compare(
     default_source, default_images = default_prompts(
         base_spec.to_dict(), resolve(safer, other=base_spec, concept=concept, sld_preset=sld_preset).to_dict())
     prompts = prompts or default_source
-    images_per_prompt = images_per_prompt or default_images
+    images_per_prompt = default_images if images_per_prompt is None else images_per_prompt
     device = _device(device)
     cfg = CompareConfig(
         generate=GenerateConfig(base=base, safer=safer, prompts=prompts, limit=limit, images_per_prompt=images_per_prompt,
