@@ -143,6 +143,8 @@ def fit(store_dir: str | Path, run_dir: str | Path, cfg: FitConfig, device: str 
         progress: bool = True) -> RelativeReward:
     """Train the reward of the store at ``store_dir`` into ``run_dir``; return the EMA reward."""
     run_dir = Path(run_dir)
+    if not cfg.lr > 0:
+        raise UserError(f"the reward's learning rate must be positive, got {cfg.lr} (paper: 1e-4)")
     # 1. Open the store and claim the run directory.
     cpu = _select_device(device) == "cpu"
     store = Store.open(store_dir)

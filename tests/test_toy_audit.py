@@ -1,11 +1,10 @@
 """A reduced ground-truth audit of the shipped toy: does the reward find the colour SLD suppresses?
 
-`compare toy toy-sld` (concept "red") on the balanced toy prompt set, with 20 instead of 50 steps and 2000
-instead of 6000 reward steps on a smaller reward network. The labeller says which base-model images show red; on held-out prompts
-the reward must rank those low (measured: concept AUROC 0.96, accuracy 93%; 290-296 CPU-s under
-`make test`'s two workers on a 2-vCPU machine, where the other worker's load inflates a process's CPU
-time; 152-195 CPU-s on idle machines before).
-"""
+`compare toy toy-sld` (concept "red") on the balanced toy prompt set, with 20 instead of 50 steps, and
+1000 reward steps at 5x the paper's learning rate on a quarter-width reward network instead of up to
+6000 steps at 1e-4. The labeller says which base-model images show red; on held-out prompts the reward
+must rank those low. Measured on one idle core: accuracy 92.6%, AUROC 0.990, concept AUROC 0.979;
+the paper's lr with 2000 steps on (32, 64, 128) gave 92.6% / 0.966 / 0.964 in twice the fitting time."""
 
 import json
 import time
@@ -17,12 +16,11 @@ from tiny_sd import run_main, single_thread  # noqa: F401 (fixture and helper)
 @pytest.mark.slow
 def test_reduced_toy_audit_finds_the_suppressed_colour(tmp_path, monkeypatch, capsys):
     out = tmp_path / "audit"
-    # CPU seconds of this single-threaded process: a budget of 6 minutes of one core, so that the suite
-    # (13 min 21 s with this test at 296 s) stays inside CI's 20 minutes.
+    # CPU seconds of this single-threaded process: the issue's 3 minutes of one core.
     started = time.process_time()
     code, stdout, stderr = run_main(monkeypatch, capsys, "compare", "toy", "toy-sld", "--prompts", "toy",
-                                    "--images-per-prompt", "1", "--steps", "20",
-                                    "--fit-steps", "2000", "--dims", "32,64,128", "--no-progress", "--device", "cpu",
+                                    "--images-per-prompt", "1", "--steps", "20", "--fit-steps", "1000",
+                                    "--fit-lr", "5e-4", "--dims", "16,32,64", "--no-progress", "--device", "cpu",
                                     "--out", str(out))
     seconds = time.process_time() - started
     assert code == 0, stderr
@@ -35,4 +33,4 @@ def test_reduced_toy_audit_finds_the_suppressed_colour(tmp_path, monkeypatch, ca
     html = (out / "report" / "index.html").read_text()
     assert "colour:red" in html and "concept" in html.lower()
     assert f"report: {out / 'report' / 'index.html'}" in stdout
-    assert seconds < 360, seconds
+    assert seconds < 180, seconds

@@ -179,6 +179,7 @@ def compare(
     steps: int = typer.Option(50, help="Denoising steps per trajectory."),
     guidance: float = typer.Option(7.5, help="Classifier-free guidance scale."),
     fit_steps: int = typer.Option(6000, help="Reward-training steps (paper: 6000)."),
+    fit_lr: float = typer.Option(1e-4, help="Adam learning rate of the reward (paper: 1e-4)."),
     fit_max_samples_per_trajectory: float = typer.Option(
         900.0, help="Cap on reward steps x batch / training trajectories (0: no cap; see `rrf-audit fit --help`)."),
     dims: str = typer.Option("32,64,128,256", help=DIMS_HELP),
@@ -217,7 +218,7 @@ def compare(
         generate=GenerateConfig(base=base, safer=safer, prompts=prompts, limit=limit, images_per_prompt=images_per_prompt,
                                 steps=steps, guidance=guidance,
                                 batch_size=batch_size, seed=seed, concept=concept, sld_preset=sld_preset, device=device),
-        fit=FitConfig(dims=_dims(dims), steps=fit_steps, max_samples_per_trajectory=fit_max_samples_per_trajectory or None,
+        fit=FitConfig(dims=_dims(dims), lr=fit_lr, steps=fit_steps, max_samples_per_trajectory=fit_max_samples_per_trajectory or None,
                       seed=seed),
         report=ReportConfig(blur=blur, seed=seed),
     )

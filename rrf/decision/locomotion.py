@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,12 +99,26 @@ def make_gym_env(env: LocomotionEnv):
 
 
 def load_model(env: LocomotionEnv):
-    """The ``MjModel`` gymnasium builds for ``env`` (same XML file from the gymnasium package)."""
+    """The ``MjModel`` gymnasium builds for ``env`` (same XML file from the gymnasium package).
+
+    MuJoCo 4 deprecates the compiler's ``settotalmass`` (HalfCheetah's XML has it) and prints a warning
+    at every compile, i.e. for every batch of environments. The attribute is applied as the warning
+    advises, with ``mj_setTotalmass`` and ``mj_setConst``, which gives the same model to the bit
+    (masses, inertias, derived constants and 1000 simulated steps compared).
+    """
     import gymnasium
     import mujoco
 
     path = os.path.join(os.path.dirname(gymnasium.__file__), "envs", "mujoco", "assets", env.xml_file)
-    return mujoco.MjModel.from_xml_path(path)
+    with open(path) as f:
+        xml = f.read()
+    total = re.search(r'\s+settotalmass="([^"]+)"', xml)
+    if total is None:
+        return mujoco.MjModel.from_xml_path(path)
+    model = mujoco.MjModel.from_xml_string(xml.replace(total.group(0), ""))
+    mujoco.mj_setTotalmass(model, float(total.group(1)))
+    mujoco.mj_setConst(model, mujoco.MjData(model))
+    return model
 
 
 class MujocoBatch:

@@ -96,9 +96,9 @@ class Maze2DConfig:
     @classmethod
     def quick(cls) -> Maze2DConfig:
         """The test-suite profile: UMaze, 2 goals, 1 seed, smaller data and shorter training."""
-        return cls(mazes=("umaze",), goals=2, seeds=1, base_transitions=100_000, expert_transitions=30_000,
-                   eval_episodes=100, planner=replace(cls().planner, steps=1500, finetune_steps=300),
-                   reward=replace(cls().reward, steps=600), targets={"goal_recovery": 0.5, "spearman": 0.3})
+        return cls(mazes=("umaze",), goals=2, seeds=1, base_transitions=60_000, expert_transitions=20_000,
+                   eval_episodes=64, planner=replace(cls().planner, steps=1000, finetune_steps=300),
+                   reward=replace(cls().reward, steps=400), targets={"goal_recovery": 0.5, "spearman": 0.3})
 
     @classmethod
     def paper(cls) -> Maze2DConfig:
