@@ -12,6 +12,15 @@ def test_help_lists_commands():
     assert proc.returncode == 0 and "validate" in proc.stdout
 
 
+def test_help_and_usage_errors_do_not_load_torch():
+    # Answering --help or refusing bad usage must not wait for torch and diffusers (seconds per call).
+    probe = ("import sys\nfrom audit.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+             "print('torch' in sys.modules, 'diffusers' in sys.modules)")
+    for args in (["--help"], ["generate", "--help"], ["frobnicate"]):
+        proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
+        assert proc.stdout.strip().splitlines()[-1] == "False False", (args, proc.stdout[-300:], proc.stderr)
+
+
 def test_unknown_subcommand_exits_nonzero():
     proc = run_cli("frobnicate")
     assert proc.returncode == 2 and "No such command" in proc.stderr and "Traceback" not in proc.stderr
