@@ -63,6 +63,7 @@ def locomotion(
     cache: Path = typer.Option(None, "--cache", help="Cache of ARS policies and our datasets "
                                                     "(default $RRF_AUDIT_CACHE or ~/.cache/rrf-audit)."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads (more only helps on idle cores)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Steer a weak locomotion planner with the reward extracted between it and an expert planner (paper Table 1).
 
@@ -76,7 +77,7 @@ def locomotion(
 
     cfg = LocomotionConfig.from_options(profile, envs=envs, seed=seed, episodes=episodes, sweep=sweep,
                                         sweep_t_stopgrad=sweep_t_stopgrad, datasets=dataset, cache=cache,
-                                        threads=threads)
+                                        threads=threads, progress=progress)
     console = Console()
     result = run(out, cfg, console)
     console.print(results_table(result["envs"]))
@@ -93,6 +94,7 @@ def maze2d(
     goals: int = typer.Option(None, "--goals", min=1, help="Expert goals per maze (default: the profile's)."),
     seeds: int = typer.Option(None, "--seeds", min=1, help="Seeds per goal (default: the profile's)."),
     workers: int = typer.Option(2, "--workers", min=1, help="Worker processes (one torch thread each)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Recover an expert planner's hidden goal from the reward extracted between it and a base planner.
 
@@ -108,7 +110,7 @@ def maze2d(
 
     cfg = Maze2DConfig.from_options(profile, mazes, goals, seeds, workers)
     claim_output_dir(out, "validate-maze2d", cfg.result_config())
-    result = run(out, cfg)
+    result = run(out, cfg, progress=progress)
     console = Console()
     console.print(Markdown(summary_markdown(result)))
     _finish(console, result, out / "results.json")

@@ -187,11 +187,11 @@ class LocomotionConfig:
     @classmethod
     def from_options(cls, profile: str, envs: str | None = None, seed: int = 0, episodes: int | None = None,
                      sweep: str | None = None, sweep_t_stopgrad: str | None = None, datasets: list[str] = (),
-                     cache: str | Path | None = None, threads: int = 1) -> LocomotionConfig:
+                     cache: str | Path | None = None, threads: int = 1, progress: bool = True) -> LocomotionConfig:
         """The CLI's options (strings as typed) -> a config; bad values are one-line ``UserError``s."""
         if profile not in ("quick", "paper"):
             raise UserError(f"unknown profile {profile!r}; choose quick or paper")
-        overrides: dict = {"seed": seed, "threads": threads}
+        overrides: dict = {"seed": seed, "threads": threads, "progress": progress}
         if envs:
             overrides["envs"] = tuple(e.strip() for e in envs.split(",") if e.strip())
         if episodes is not None:
