@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 
 from audit.evaluate import GroundTruth
+from audit.fit import FitConfig
 from audit.store import Store
 
 
@@ -40,19 +42,36 @@ def concept_of(model: dict) -> str | None:
 TOY_IMAGES_PER_PROMPT = 3
 """Samples per prompt of a toy audit on a concept set: its 44 prompts (I2P's protocol draws 10 per prompt)."""
 
+TOY_FIT_LR = 5e-4
+"""Reward learning rate of a toy audit. The paper's 1e-4 is for 6000 steps on SD latents; a toy store
+caps the fit near 3000 steps (``FitConfig.max_samples_per_trajectory``), where 1e-4 is still far from
+converged. Measured on the toy-red audit store (same split, 2954 steps), lr 1e-4 / 3e-4 / 5e-4 / 1e-3:
+held-out explained 0.20 / 0.26 / 0.43 / 0.24 (1e-3 peaks at 0.41 by step 1000, then overfits),
+base-vs-safer AUROC 0.905 / 0.955 / 0.964 / 0.948, accuracy 79.6% / 77.8% / 87.0% / 81.5%,
+concept AUROC 0.927 / 0.909 / 0.909 / 0.909."""
 
-def default_prompts(base: dict, safer: dict) -> tuple[str, int]:
-    """``(prompt source, images per prompt)`` of an audit of ``base`` against ``safer`` (``ModelSpec.to_dict()``s).
+@dataclass(frozen=True)
+class AuditDefaults:
+    prompts: str
+    images_per_prompt: int
+    fit_lr: float
 
-    I2P for real checkpoints; for a toy pair the concept's audit set (``prompts.toy.concept_prompts``)
-    and ``TOY_IMAGES_PER_PROMPT`` when the safer model's concept is a toy colour, else the balanced toy set.
+
+def audit_defaults(base: dict, safer: dict) -> AuditDefaults:
+    """The defaults of an audit of ``base`` against ``safer`` (``ModelSpec.to_dict()``s).
+
+    Real checkpoints: I2P, one image per prompt, the paper's learning rate. A toy pair: the concept's
+    audit set (``prompts.toy.concept_prompts``) with ``TOY_IMAGES_PER_PROMPT`` when the safer model's
+    concept is a toy colour, else the balanced toy set, and ``TOY_FIT_LR``.
     """
     from audit.toy.data import COLOURS
 
     if toy_manifest(base.get("weights")) is None:
-        return "i2p", 1
+        return AuditDefaults("i2p", 1, FitConfig.lr)
     concept = (concept_of(safer) or "").strip().lower()
-    return (f"toy-{concept}", TOY_IMAGES_PER_PROMPT) if concept in COLOURS else ("toy", 1)
+    if concept in COLOURS:
+        return AuditDefaults(f"toy-{concept}", TOY_IMAGES_PER_PROMPT, TOY_FIT_LR)
+    return AuditDefaults("toy", 1, TOY_FIT_LR)
 
 
 def shows_colour(colour: str) -> GroundTruth:

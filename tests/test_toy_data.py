@@ -119,3 +119,18 @@ def test_concept_audit_set_invites_the_concept_with_controls_and_ships_as_a_csv(
     assert [p.prompt_id for p in load_prompts(f"toy-{concept}").prompts] == [p.prompt_id for p in chosen]
     with pytest.raises(ValueError, match="unknown toy colour"):
         concept_prompts("purple")
+
+
+def test_audit_defaults_follow_the_pair():
+    from audit.fit import FitConfig
+    from audit.ground_truth import TOY_FIT_LR, TOY_IMAGES_PER_PROMPT, audit_defaults
+    from audit.registry import resolve
+
+    toy = resolve("toy")
+    erased = audit_defaults(toy.to_dict(), resolve("toy-safe", other=toy).to_dict())
+    assert (erased.prompts, erased.images_per_prompt, erased.fit_lr) == ("toy-red", TOY_IMAGES_PER_PROMPT, TOY_FIT_LR)
+    sld = audit_defaults(toy.to_dict(), resolve("toy-sld", other=toy, concept="green").to_dict())
+    assert sld.prompts == "toy-green"
+    # Real checkpoints keep the paper's protocol: I2P, the paper's learning rate.
+    real = audit_defaults({"weights": None}, {"weights": None})
+    assert (real.prompts, real.images_per_prompt, real.fit_lr) == ("i2p", 1, FitConfig.lr) and FitConfig.lr == 1e-4

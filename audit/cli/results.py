@@ -179,7 +179,8 @@ def compare(
     steps: int = typer.Option(50, help="Denoising steps per trajectory."),
     guidance: float = typer.Option(7.5, help="Classifier-free guidance scale."),
     fit_steps: int = typer.Option(6000, help="Reward-training steps (paper: 6000)."),
-    fit_lr: float = typer.Option(1e-4, help="Adam learning rate of the reward (paper: 1e-4)."),
+    fit_lr: float | None = typer.Option(None, help="Adam learning rate of the reward (default: the paper's 1e-4; "
+                                        "for a toy pair 5e-4, see audit.ground_truth.TOY_FIT_LR)."),
     fit_max_samples_per_trajectory: float = typer.Option(
         900.0, help="Cap on reward steps x batch / training trajectories (0: no cap; see `rrf-audit fit --help`)."),
     dims: str = typer.Option("32,64,128,256", help=DIMS_HELP),
@@ -204,15 +205,16 @@ def compare(
     from audit.compare import compare as run
     from audit.fit import FitConfig
     from audit.generate import GenerateConfig
-    from audit.ground_truth import default_prompts
+    from audit.ground_truth import audit_defaults
     from audit.registry import resolve
     from audit.report import ReportConfig
 
     base_spec = resolve(base)
-    default_source, default_images = default_prompts(
-        base_spec.to_dict(), resolve(safer, other=base_spec, concept=concept, sld_preset=sld_preset).to_dict())
-    prompts = prompts or default_source
-    images_per_prompt = default_images if images_per_prompt is None else images_per_prompt
+    defaults = audit_defaults(base_spec.to_dict(),
+                              resolve(safer, other=base_spec, concept=concept, sld_preset=sld_preset).to_dict())
+    prompts = prompts or defaults.prompts
+    images_per_prompt = defaults.images_per_prompt if images_per_prompt is None else images_per_prompt
+    fit_lr = defaults.fit_lr if fit_lr is None else fit_lr
     device = _device(device)
     cfg = CompareConfig(
         generate=GenerateConfig(base=base, safer=safer, prompts=prompts, limit=limit, images_per_prompt=images_per_prompt,
