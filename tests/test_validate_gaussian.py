@@ -2,12 +2,15 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def run_cli(*args):
     return subprocess.run([sys.executable, "-c", "from audit.cli import main; main()", *args],
                           capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_quick_gaussian_validation_passes_thresholds(tmp_path):
     out = tmp_path / "val"
     proc = run_cli("validate", "gaussian", "--quick", "--out", str(out))
