@@ -71,6 +71,11 @@ class FitConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     """Autocast on GPU; CPU runs use fp32."""
 
+    def __post_init__(self) -> None:
+        # Checked when the settings are made, so that `compare` refuses before it generates anything.
+        if not self.lr > 0:
+            raise UserError(f"the reward's learning rate must be positive, got {self.lr} (paper: 1e-4)")
+
     def training_steps(self, train_trajectories: int) -> int:
         """``steps``, capped by ``max_samples_per_trajectory`` (at least one step)."""
         if self.max_samples_per_trajectory is None:
@@ -143,8 +148,6 @@ def fit(store_dir: str | Path, run_dir: str | Path, cfg: FitConfig, device: str 
         progress: bool = True) -> RelativeReward:
     """Train the reward of the store at ``store_dir`` into ``run_dir``; return the EMA reward."""
     run_dir = Path(run_dir)
-    if not cfg.lr > 0:
-        raise UserError(f"the reward's learning rate must be positive, got {cfg.lr} (paper: 1e-4)")
     # 1. Open the store and claim the run directory.
     cpu = _select_device(device) == "cpu"
     store = Store.open(store_dir)

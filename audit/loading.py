@@ -222,6 +222,15 @@ def _sha256_file(path: Path) -> str:
     return sha256_file(target)
 
 
+def silence_library_progress() -> None:
+    """Turn off diffusers' and transformers' loading bars (process-wide): our own bars report the work."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 @dataclass
 class ComponentLoader:
     """Loads components onto ``device`` in ``dtype``, each distinct fingerprint once."""
@@ -246,12 +255,9 @@ class ComponentLoader:
 
     def _load(self, model: LocatedModel, component: str) -> Any:
         from diffusers import AutoencoderKL, UNet2DConditionModel
-        from diffusers.utils import logging as diffusers_logging
         from transformers import CLIPTextModel, CLIPTokenizer
-        from transformers.utils import logging as transformers_logging
 
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()
+        silence_library_progress()
         folder = model.folders[component]
         if component == "tokenizer":
             return CLIPTokenizer.from_pretrained(folder, local_files_only=True)

@@ -69,3 +69,13 @@ def test_fit_device_errors_name_the_device_and_the_fix(tmp_path):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.strip().count("\n") == 0 and problem in proc.stderr, proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_non_positive_learning_rate_is_refused_before_any_work(tmp_path):
+    # compare checks its settings before it generates: a typo must not cost the generation minutes.
+    for args in (["compare", "toy", "toy-safe", "--fit-lr", "0", "--out", str(tmp_path / "audit")],
+                 ["fit", str(tmp_path / "no-store"), "--lr", "-1", "--out", str(tmp_path / "run")]):
+        proc = run_cli(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip().count("\n") == 0 and "learning rate must be positive" in proc.stderr
+    assert list(tmp_path.iterdir()) == []

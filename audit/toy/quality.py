@@ -37,12 +37,10 @@ class SamplingSettings:
 def load_pipeline(path: str, device: str = "cpu"):
     """The toy (or any SD-layout directory) through ``StableDiffusionPipeline.from_pretrained``."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
 
-    # Loading a 7 MB toy is instant; the libraries' loading bars would only interleave with ours.
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
+    from audit.loading import silence_library_progress
+
+    silence_library_progress()
     pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
