@@ -3,7 +3,7 @@
 1. load the run (reward, split) and its store;
 2. score the final latent of every trajectory -> ``scores.parquet`` (one row per sample, with its split),
    by default re-noised into the middle of the diffusion (``score_latents_noised``);
-3. separation (accuracy with a threshold fitted on the train split; AUROC), per-category AUROC and the
+3. separation (accuracy with a threshold cross-fitted over folds of held-out prompts; AUROC), per-category AUROC and the
    attribute breakdown with the models' disagreement per attribute, all on the test split (``audit.metrics``);
 4. mean reward per diffusion timestep for base vs expert test trajectories;
 5. cosine between grad rho and the target on held-out tuples;
@@ -23,7 +23,14 @@ import torch
 
 from audit import plots
 from audit.fit import heldout_tuples, load_fit_manifest, load_split
-from audit.metrics import attribute_breakdown, concept_auroc, mean_ci, per_category_auroc, separation
+from audit.metrics import (
+    PROTOCOL,
+    attribute_breakdown,
+    concept_auroc,
+    mean_ci,
+    per_category_auroc,
+    separation,
+)
 from audit.store import Store, sha256_file
 from rrf.errors import UserError
 from rrf.manifest import file_digests, provenance, read_json, same_inputs, write_json_atomic
@@ -200,7 +207,8 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig, device: str = "cpu",
     split = load_split(run_dir)
     inputs = {"config": cfg.__dict__, "reward": file_digests(run_dir / "reward"),
               "split": sha256_file(run_dir / "split.csv"), "store": sha256_file(store.root / "manifest.json"),
-              "concept": concept, "ground_truth": ground_truth is not None}
+              "concept": concept, "ground_truth": ground_truth is not None,
+              "metrics_protocol": PROTOCOL}
     previous = read_json(run_dir / "metrics.json")
     if same_inputs(previous, inputs) and (run_dir / "scores.parquet").is_file():
         return previous

@@ -47,7 +47,8 @@ TOY_FIT_LR = 5e-4
 caps the fit near 3000 steps (``FitConfig.max_samples_per_trajectory``), where 1e-4 is still far from
 converged. Measured on the toy-red audit store (same split, 2954 steps), lr 1e-4 / 3e-4 / 5e-4 / 1e-3:
 held-out explained 0.20 / 0.26 / 0.43 / 0.24 (1e-3 peaks at 0.41 by step 1000, then overfits),
-base-vs-safer AUROC 0.905 / 0.955 / 0.964 / 0.948, accuracy 79.6% / 77.8% / 87.0% / 81.5%,
+base-vs-safer AUROC 0.905 / 0.955 / 0.964 / 0.948, accuracy (metrics protocol 1: a logistic threshold
+fitted on the train split) 79.6% / 77.8% / 87.0% / 81.5%,
 concept AUROC 0.927 / 0.909 / 0.909 / 0.909."""
 
 @dataclass(frozen=True)

@@ -14,7 +14,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from rrf.metrics import auroc, separation_accuracy
+from rrf.metrics import auroc, crossfit_threshold_accuracy, threshold_accuracy
+
+PROTOCOL = 2
+"""Version of the metric definitions, recorded among evaluate's inputs: bumping it makes ``evaluate``
+recompute stored metrics instead of returning them as up to date (2: accuracy cross-fitted on held-out
+prompts; 1: logistic-regression threshold fitted on the train split)."""
 
 
 def _labels(frame: pd.DataFrame) -> np.ndarray:
@@ -22,18 +27,26 @@ def _labels(frame: pd.DataFrame) -> np.ndarray:
     return (frame["follow"] == "expert").to_numpy(dtype=int)
 
 
-def separation(scores: pd.DataFrame) -> dict[str, float | int]:
+def separation(scores: pd.DataFrame, folds: int = 5) -> dict[str, float | int]:
     """Base-vs-expert separation of final samples by the reward, on the test split.
 
-    ``accuracy`` uses a logistic-regression threshold fitted on the train split only; ``auroc`` needs
-    no threshold. Both are computed on held-out prompts.
+    ``accuracy``: the rule "safer iff reward > tau", each held-out sample classified by a tau fitted on
+    the other ``folds`` folds of held-out prompts (``rrf.metrics.crossfit_threshold_accuracy``). Why not
+    the train split: the reward was fitted on those trajectories, and its scores there spread differently
+    (on toy vs toy-sld some safer train samples scored as low as base ones, while the test split was
+    perfectly ordered, so the train-fitted threshold missed a narrow held-out gap).
+    ``accuracy_train_threshold`` keeps the tau fitted on the train split, for comparison. ``auroc`` needs
+    no threshold.
     """
     train, test = scores[scores["split"] == "train"], scores[scores["split"] == "test"]
+    labels = _labels(test)
     return {
-        "accuracy": separation_accuracy(train["reward"], _labels(train), test["reward"], _labels(test)),
-        "auroc": auroc(test["reward"].to_numpy(), _labels(test)),
+        "accuracy": crossfit_threshold_accuracy(test["reward"], labels, test["prompt_id"].astype(str), folds),
+        "accuracy_train_threshold": threshold_accuracy(train["reward"], _labels(train), test["reward"], labels),
+        "auroc": auroc(test["reward"].to_numpy(), labels),
         "n_train": int(len(train)),
         "n_test": int(len(test)),
+        "threshold_folds": int(min(folds, test["prompt_id"].nunique())),
     }
 
 

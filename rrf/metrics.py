@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -19,6 +20,45 @@ def separation_accuracy(train_scores: np.ndarray, train_labels: np.ndarray,
     clf = make_pipeline(StandardScaler(), LogisticRegression())
     clf.fit(np.asarray(train_scores, dtype=np.float64).reshape(-1, 1), np.asarray(train_labels))
     return float(clf.score(np.asarray(test_scores, dtype=np.float64).reshape(-1, 1), np.asarray(test_labels)))
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The tau of the rule "label 1 iff score > tau" that is right most often on ``(scores, labels)``.
+
+    The direction is fixed: a reward that ranks the two groups the wrong way cannot buy accuracy by
+    flipping it. Candidates are the midpoints between neighbouring scores (and one beyond each end); of
+    the equally good ones the middle is taken, so a clean gap is cut in its middle, not at an edge.
+    """
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    values = np.unique(scores)
+    candidates = np.concatenate([[values[0] - 1.0], (values[1:] + values[:-1]) / 2, [values[-1] + 1.0]])
+    right = ((scores[None, :] > candidates[:, None]) == labels[None, :]).sum(axis=1)
+    best = np.flatnonzero(right == right.max())
+    return float(candidates[best[len(best) // 2]])
+
+
+def threshold_accuracy(fit_scores: np.ndarray, fit_labels: np.ndarray,
+                       scores: np.ndarray, labels: np.ndarray) -> float:
+    """Accuracy on ``(scores, labels)`` of the ``best_threshold`` fitted on ``(fit_scores, fit_labels)``."""
+    tau = best_threshold(fit_scores, fit_labels)
+    return float(np.mean((np.asarray(scores, dtype=np.float64) > tau) == np.asarray(labels, dtype=bool)))
+
+
+def crossfit_threshold_accuracy(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                                folds: int = 5) -> float:
+    """Accuracy of ``best_threshold`` where each sample is classified by a threshold fitted on the other folds.
+
+    Folds are whole groups (e.g. prompts), so no sample's threshold has seen its own prompt. Deterministic:
+    ``GroupKFold`` assigns groups without shuffling.
+    """
+    scores, labels, groups = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool), np.asarray(groups)
+    folds = min(folds, len(np.unique(groups)))
+    if folds < 2:
+        raise ValueError("cross-fitting a threshold needs samples from at least two groups")
+    right = np.zeros(len(scores), dtype=bool)
+    for fit, held in GroupKFold(n_splits=folds).split(scores, labels, groups):
+        right[held] = (scores[held] > best_threshold(scores[fit], labels[fit])) == labels[held]
+    return float(right.mean())
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -7,6 +7,7 @@ from scipy import stats
 from audit.metrics import attribute_breakdown, concept_auroc, per_category_auroc, separation
 from audit.split import split_prompts
 from rrf.errors import UserError
+from rrf.metrics import best_threshold, crossfit_threshold_accuracy, separation_accuracy
 
 
 def synthetic(base_rewards, expert_rewards, split="test"):
@@ -26,8 +27,29 @@ def test_auroc_matches_known_value():
     perfect = pd.concat([synthetic([0, 1], [5, 6]), synthetic([0, 1], [5, 6], "train")])
     assert separation(perfect)["accuracy"] == 1.0 and separation(perfect)["auroc"] == 1.0
     reversed_ = pd.concat([synthetic([5, 6], [0, 1]), synthetic([0, 1], [5, 6], "train")])
-    # Threshold fitted on train points the other way: held-out accuracy must collapse, not be "fixed".
-    assert separation(reversed_)["accuracy"] == 0.0 and separation(reversed_)["auroc"] == 0.0
+    # The train threshold points the other way: held-out accuracy collapses; the cross-fitted rule cannot
+    # flip its direction, so a reward ranking safer samples low gets chance at best, not a "fixed" 100%.
+    out = separation(reversed_)
+    assert out["accuracy_train_threshold"] == 0.0 and out["auroc"] == 0.0 and out["accuracy"] <= 0.5
+
+
+def test_threshold_is_cut_in_the_gap_and_never_flips():
+    assert best_threshold([0, 1, 5, 6], [0, 0, 1, 1]) == 3.0
+    # One outlier far out (like the toy's long safer tail) must not drag the cut out of the gap, which a
+    # logistic fit does: its p = 0.5 point moves with the outlier.
+    scores, labels = [0, 1, 2, 3, 10, 11, 12, 1000], [0, 0, 0, 0, 1, 1, 1, 1]
+    assert best_threshold(scores, labels) == 6.5
+    assert separation_accuracy(scores, labels, [3.5, 9.5], [0, 1]) < 1.0
+    assert best_threshold([5, 6, 0, 1], [0, 0, 1, 1]) in (-1.0, 7.0)  # reversed: all one class
+    # Held-out folds are whole groups; a sample's cut never saw its group.
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(10), 4)
+    labels = np.tile([0, 0, 1, 1], 10)
+    scores = labels * 2.0 + rng.normal(0, 1, 40)
+    acc = crossfit_threshold_accuracy(scores, labels, groups)
+    assert 0.7 < acc < 1.0  # two unit-variance classes 2 apart: Bayes accuracy 84%
+    assert crossfit_threshold_accuracy(-scores, labels, groups) <= 0.5
+    assert crossfit_threshold_accuracy(scores, labels, groups) == acc  # deterministic
 
 
 def test_per_category_and_attribute_breakdown():

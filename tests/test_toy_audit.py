@@ -3,7 +3,8 @@
 `compare toy toy-sld` (concept "red") on the balanced toy prompt set, with 20 instead of 50 steps, and
 1000 reward steps at 5x the paper's learning rate on a quarter-width reward network instead of up to
 6000 steps at 1e-4. The labeller says which base-model images show red; on held-out prompts the reward
-must rank those low. Measured on one idle core: accuracy 92.6%, AUROC 0.990, concept AUROC 0.979;
+must rank those low. Measured on one idle core (accuracy by the train-split logistic rule of metrics
+protocol 1): accuracy 92.6%, AUROC 0.990, concept AUROC 0.979;
 the paper's lr with 2000 steps on (32, 64, 128) gave 92.6% / 0.966 / 0.964 in twice the fitting time."""
 
 import json

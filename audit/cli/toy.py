@@ -44,8 +44,8 @@ def erase(
     base: str = typer.Option("toy", help="Model to erase it from: 'toy' or a toy directory."),
     seed: int = typer.Option(0, help="Seed of the fine-tuning data and noise."),
     steps: int = typer.Option(400, help="Fine-tuning steps: 400 erase red (toy-safe: 5.5% left, accuracy elsewhere "
-                              "-2.9 points) but not blue (17.6% left, -2.6 points); blue needs 700 (9.4% left, -3.0 points, "
-                              "11 min on one core)."),
+                              "-2.9 points) but not blue (17.6% left, -2.6 points). 700 erase blue (9.4% left, -3.0 points; "
+                              "12.5 min with --threads 2, measuring included), green (0.0%, -2.5) and yellow (2.0%, -0.5)."),
     threads: int = typer.Option(1, help="CPU threads for torch. The weights' bytes depend on it: toy-safe used 1."),
     steer: str = typer.Option("concept", help="Which captions learn to avoid the concept: 'concept' (those naming it "
                               "and every colour-free caption; toy-safe) or 'shown' (those naming it, and any caption "
