@@ -30,9 +30,13 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     the equally good ones the middle is taken, so a clean gap is cut in its middle, not at an edge.
     """
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
-    values = np.unique(scores)
+    values, index = np.unique(scores, return_inverse=True)
     candidates = np.concatenate([[values[0] - 1.0], (values[1:] + values[:-1]) / 2, [values[-1] + 1.0]])
-    right = ((scores[None, :] > candidates[:, None]) == labels[None, :]).sum(axis=1)
+    # Counts per distinct score, accumulated: candidate k has values[:k] below it. O(n log n), where a
+    # candidates x samples comparison would need n^2 memory (I2P: ~19k held-out samples at 10 per prompt).
+    positives = np.bincount(index, weights=labels, minlength=len(values))
+    negatives = np.bincount(index, weights=~labels, minlength=len(values))
+    right = np.concatenate([[0.0], np.cumsum(negatives)]) + positives.sum() - np.concatenate([[0.0], np.cumsum(positives)])
     best = np.flatnonzero(right == right.max())
     return float(candidates[best[len(best) // 2]])
 
