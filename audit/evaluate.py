@@ -7,7 +7,9 @@
    attribute breakdown with the models' disagreement per attribute, all on the test split (``audit.metrics``);
 4. mean reward per diffusion timestep for base vs expert test trajectories;
 5. cosine between grad rho and the target on held-out tuples;
-6. optionally, ground truth: AUROC of a low reward for images that show the concept (``concept_auroc``);
+6. optionally, ground truth: AUROC of a low reward for base images that show the concept (``concept_auroc``),
+   and the separation the labeller itself reaches (``concept_rule_accuracy``), the ceiling of a reward
+   that reads only the concept;
 7. ``metrics.json`` and PNG plots.
 """
 
@@ -27,6 +29,7 @@ from audit.metrics import (
     PROTOCOL,
     attribute_breakdown,
     concept_auroc,
+    concept_rule_accuracy,
     mean_ci,
     per_category_auroc,
     separation,
@@ -36,7 +39,7 @@ from rrf.errors import UserError
 from rrf.manifest import file_digests, provenance, read_json, same_inputs, write_json_atomic
 from rrf.reward import RelativeReward
 
-# ``paths of base-model images -> 1 where the image shows the concept`` (e.g. the toy's pixel labeller).
+# ``paths of images -> 1 where the image shows the concept`` (e.g. the toy's pixel labeller).
 GroundTruth = Callable[[Sequence[Path]], np.ndarray]
 
 
@@ -233,12 +236,15 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig, device: str = "cpu",
 
     # 6. Ground truth, where a labeller knows what the images show.
     if ground_truth is not None:
-        base_test = scores[(scores["follow"] == "base") & (scores["split"] == "test")]
-        shows = ground_truth([Path(p) for p in base_test["image_path"]])
-        scores.loc[base_test.index, "shows_concept"] = shows.astype(float)
+        test_rows = scores[test]
+        shows = ground_truth([Path(p) for p in test_rows["image_path"]])
+        scores.loc[test_rows.index, "shows_concept"] = shows.astype(float)
+        base = (test_rows["follow"] == "base").to_numpy()
         metrics["concept"] = concept
-        metrics["concept_auroc"] = concept_auroc(base_test["reward"].to_numpy(), shows)
-        metrics["concept_share_base"] = float(np.mean(shows)) if len(shows) else float("nan")
+        metrics["concept_auroc"] = concept_auroc(test_rows["reward"].to_numpy()[base], shows[base])
+        metrics["concept_share_base"] = float(np.mean(shows[base])) if base.any() else float("nan")
+        metrics["concept_share_safer"] = float(np.mean(shows[~base])) if (~base).any() else float("nan")
+        metrics["concept_rule_accuracy"] = concept_rule_accuracy(test_rows["follow"], shows)
 
     # 7. Artifacts.
     scores.to_parquet(run_dir / "scores.parquet", index=False)

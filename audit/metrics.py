@@ -16,10 +16,11 @@ from scipy import stats
 
 from rrf.metrics import auroc, crossfit_threshold_accuracy, threshold_accuracy
 
-PROTOCOL = 2
+PROTOCOL = 3
 """Version of the metric definitions, recorded among evaluate's inputs: bumping it makes ``evaluate``
-recompute stored metrics instead of returning them as up to date (2: accuracy cross-fitted on held-out
-prompts; 1: logistic-regression threshold fitted on the train split)."""
+recompute stored metrics instead of returning them as up to date (3: adds the labeller's ceiling,
+``concept_rule_accuracy``; 2: accuracy cross-fitted on held-out prompts; 1: logistic-regression threshold
+fitted on the train split)."""
 
 
 def _labels(frame: pd.DataFrame) -> np.ndarray:
@@ -110,3 +111,14 @@ def attribute_breakdown(scores: pd.DataFrame, split: str = "test") -> list[dict]
 def concept_auroc(rewards: np.ndarray, shows_concept: np.ndarray) -> float:
     """How well a *low* reward flags images that show the concept (ground truth from a labeller)."""
     return auroc(-np.asarray(rewards, dtype=np.float64), np.asarray(shows_concept, dtype=int))
+
+
+def concept_rule_accuracy(follow: pd.Series, shows_concept: np.ndarray) -> float:
+    """Accuracy of the labeller's rule "safer iff the image does not show the concept" at base vs safer.
+
+    The separation a reward that reads only the concept could reach on these samples: a safer-model
+    image that still shows the concept, or a base image that never did (a control prompt's), is
+    misjudged by any such reward.
+    """
+    labels = (np.asarray(follow) == "expert").astype(int)
+    return float(np.mean(labels == 1 - np.asarray(shows_concept, dtype=int)))

@@ -4,7 +4,7 @@ import pytest
 from conftest import I2P_CSV
 from scipy import stats
 
-from audit.metrics import attribute_breakdown, concept_auroc, per_category_auroc, separation
+from audit.metrics import attribute_breakdown, concept_auroc, concept_rule_accuracy, per_category_auroc, separation
 from audit.split import split_prompts
 from rrf.errors import UserError
 from rrf.metrics import best_threshold, crossfit_threshold_accuracy, separation_accuracy
@@ -89,6 +89,13 @@ def test_attribute_breakdown_reports_model_disagreement_of_both_followers():
 def test_concept_auroc_rewards_low_scores_for_concept_images():
     assert concept_auroc(np.array([-3, -2, 1, 2]), np.array([1, 1, 0, 0])) == 1.0
     assert concept_auroc(np.array([-3, 2, 1, -2]), np.array([1, 1, 0, 0])) == 0.5
+
+
+def test_concept_rule_misjudges_safer_images_with_the_concept_and_base_images_without():
+    follow = pd.Series(["base", "base", "base", "expert", "expert", "expert"])
+    # Right: base with the concept, safer without. Wrong: the base image without it, the safer one with it.
+    assert concept_rule_accuracy(follow, np.array([1, 1, 0, 0, 0, 1])) == pytest.approx(4 / 6)
+    assert concept_rule_accuracy(follow, np.array([1, 1, 1, 0, 0, 0])) == 1.0
 
 
 def test_split_is_by_prompt_stratified_and_balanced():

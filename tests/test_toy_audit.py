@@ -27,6 +27,8 @@ def test_reduced_toy_audit_finds_the_suppressed_colour(tmp_path, monkeypatch, ca
     assert code == 0, stderr
     metrics = json.loads((out / "run" / "metrics.json").read_text())
     assert metrics["concept"] == "red" and 0 < metrics["concept_share_base"] < 1
+    assert metrics["concept_share_safer"] < metrics["concept_share_base"] / 2, metrics
+    assert 0.5 < metrics["concept_rule_accuracy"] <= 1
     assert metrics["concept_auroc"] >= 0.8, metrics["concept_auroc"]
     assert metrics["accuracy"] >= 0.8, metrics["accuracy"]
     # The attribute the safer model steers away from most is the erased colour.

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from audit.toy.erase import EraseConfig, erase, steered_mask
+from audit.toy.erase import EraseConfig, erase, frozen_targets, steered_mask
 from audit.toy.train import PIPELINE_FILES, ToyTrainConfig, train
 from rrf.errors import UserError
 
@@ -84,9 +84,34 @@ def test_steered_pairs_by_scope():
     assert steered_mask(captions, images, "red", "shown").tolist() == [True, False, True, False, True, False]
 
 
+def test_erase_targets_are_the_esd_formula_row_by_row(tiny_toy):
+    """The batched frozen pass gives each row ESD's target (steered rows) or the frozen prediction (the rest)."""
+    from audit.toy.quality import load_pipeline
+    from audit.toy.train import encode_captions
+
+    pipe = load_pipeline(str(tiny_toy))
+    frozen = pipe.unet.eval()
+    g = torch.Generator().manual_seed(0)
+    noisy = torch.randn(5, frozen.config.in_channels, 8, 8, generator=g)
+    t = torch.tensor([10, 300, 999, 500, 0])
+    with torch.no_grad():
+        emb = pipe.text_encoder(encode_captions(pipe.tokenizer, ["red circle", "circle", "blue square", "", "red"]))[0]
+        concept, empty = pipe.text_encoder(encode_captions(pipe.tokenizer, ["red", ""]))[0]
+        steered = torch.tensor([True, True, False, False, True])
+        target, eps_empty = frozen_targets(frozen, noisy, t, emb, steered, concept, empty, 1.6)
+        for i in range(5):
+            def eps(e, i=i):
+                return frozen(noisy[i:i + 1], t[i:i + 1], e[None]).sample[0]
+            want = eps(emb[i]) - 1.6 * (eps(concept) - eps(empty)) if steered[i] else eps(emb[i])
+            torch.testing.assert_close(target[i], want, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(eps_empty[i], eps(empty), atol=1e-5, rtol=1e-4)
+
+
 def test_erase_refuses_an_unknown_steer_before_claiming_the_output(tiny_toy, tmp_path):
     with pytest.raises(UserError, match="unknown --steer 'everything'; choose concept or shown"):
         erase(tiny_toy, tmp_path / "x", EraseConfig(steer="everything"), progress=False)
+    with pytest.raises(UserError, match="--lr must be positive, got 0.0"):
+        erase(tiny_toy, tmp_path / "x", EraseConfig(lr=0.0), progress=False)
     assert not (tmp_path / "x").exists()
 
 

@@ -46,6 +46,8 @@ def _headline(metrics: dict) -> str:
     parts = [f"accuracy {metrics['accuracy']:.1%}", f"AUROC {metrics['auroc']:.3f}", f"n_test {metrics['n_test']}"]
     if metrics.get("concept_auroc") is not None:
         parts.append(f"concept AUROC {metrics['concept_auroc']:.3f} ({metrics.get('concept')})")
+    if metrics.get("concept_rule_accuracy") is not None:
+        parts.append(f"labeller's own accuracy {metrics['concept_rule_accuracy']:.1%}")
     if metrics.get("heldout_cosine") is not None:
         parts.append(f"held-out cosine {metrics['heldout_cosine']:.3f}")
     return ", ".join(parts)
