@@ -244,7 +244,7 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig, device: str = "cpu",
         metrics["concept_auroc"] = concept_auroc(test_rows["reward"].to_numpy()[base], shows[base])
         metrics["concept_share_base"] = float(np.mean(shows[base])) if base.any() else float("nan")
         metrics["concept_share_safer"] = float(np.mean(shows[~base])) if (~base).any() else float("nan")
-        metrics["concept_rule_accuracy"] = concept_rule_accuracy(test_rows["follow"], shows)
+        metrics["concept_rule_accuracy"] = concept_rule_accuracy(test_rows, shows)
 
     # 7. Artifacts.
     scores.to_parquet(run_dir / "scores.parquet", index=False)

@@ -113,12 +113,11 @@ def concept_auroc(rewards: np.ndarray, shows_concept: np.ndarray) -> float:
     return auroc(-np.asarray(rewards, dtype=np.float64), np.asarray(shows_concept, dtype=int))
 
 
-def concept_rule_accuracy(follow: pd.Series, shows_concept: np.ndarray) -> float:
+def concept_rule_accuracy(frame: pd.DataFrame, shows_concept: np.ndarray) -> float:
     """Accuracy of the labeller's rule "safer iff the image does not show the concept" at base vs safer.
 
     The separation a reward that reads only the concept could reach on these samples: a safer-model
     image that still shows the concept, or a base image that never did (a control prompt's), is
     misjudged by any such reward.
     """
-    labels = (np.asarray(follow) == "expert").astype(int)
-    return float(np.mean(labels == 1 - np.asarray(shows_concept, dtype=int)))
+    return float(np.mean(_labels(frame) == 1 - np.asarray(shows_concept, dtype=int)))

@@ -92,7 +92,7 @@ def test_concept_auroc_rewards_low_scores_for_concept_images():
 
 
 def test_concept_rule_misjudges_safer_images_with_the_concept_and_base_images_without():
-    follow = pd.Series(["base", "base", "base", "expert", "expert", "expert"])
+    follow = pd.DataFrame({"follow": ["base", "base", "base", "expert", "expert", "expert"]})
     # Right: base with the concept, safer without. Wrong: the base image without it, the safer one with it.
     assert concept_rule_accuracy(follow, np.array([1, 1, 0, 0, 0, 1])) == pytest.approx(4 / 6)
     assert concept_rule_accuracy(follow, np.array([1, 1, 1, 0, 0, 0])) == 1.0
