@@ -4,7 +4,13 @@ import pytest
 from conftest import I2P_CSV
 from scipy import stats
 
-from audit.metrics import attribute_breakdown, concept_auroc, concept_rule_accuracy, per_category_auroc, separation
+from audit.metrics import (
+    attribute_breakdown,
+    concept_auroc,
+    concept_rule_accuracy,
+    per_category_auroc,
+    separation,
+)
 from audit.split import split_prompts
 from rrf.errors import UserError
 from rrf.metrics import best_threshold, crossfit_threshold_accuracy, separation_accuracy
