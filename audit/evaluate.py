@@ -32,6 +32,7 @@ from audit.metrics import (
     concept_rule_accuracy,
     mean_ci,
     per_category_auroc,
+    prompt_interval,
     separation,
 )
 from audit.store import Store, sha256_file
@@ -58,7 +59,14 @@ class EvaluateConfig:
     while mid-way the noise connects them (the locomotion and Maze2D checks found the same). Measured on
     the balanced toy prompts, same stores and rewards, clean -> band (accuracy / AUROC / concept AUROC):
     toy vs an erased toy (eta 2) 70.4% / 0.768 / 0.729 -> 79.6% / 0.863 / 0.921; toy vs toy-sld 98.1% /
-    1.000 / 1.000 -> 100% / 1.000 / 1.000."""
+    1.000 / 1.000 -> 100% / 1.000 / 1.000. The band suits safer models that change the sampling there. On
+    the toy audit sets (2026-12-04), band -> 0.7-0.9: toy-safe 94.4% / 0.955 / 0.936 -> 94.4% / 0.960 /
+    0.964, blue erased 600 steps 92.6% / 0.922 / 0.849 -> 92.6% / 0.940 / 0.937, but toy-sld, which steers
+    all along, 94.4% / 0.979 / 1.000 -> 85.2% / 0.949 / 1.000. An eraser that decides the colour in the
+    first tenth of the diffusion (anchored to the caption naming another colour; not shipped) is ranked
+    the wrong way in this band (AUROC 0.185) and best at t = 861-921 (0.84). Choosing the timesteps by
+    training-split AUROC tracks the held-out figure per timestep but did not win overall (toy-safe 0.967 /
+    0.945; blue 600 steps concept AUROC 0.873; the ``steer="shown"`` blue eraser 0.627)."""
     score_timesteps: int = 4
     """Stored timesteps of the band to average over; 0 scores the clean latent at the last timestep."""
     score_draws: int = 8
@@ -241,7 +249,10 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig, device: str = "cpu",
         scores.loc[test_rows.index, "shows_concept"] = shows.astype(float)
         base = (test_rows["follow"] == "base").to_numpy()
         metrics["concept"] = concept
-        metrics["concept_auroc"] = concept_auroc(test_rows["reward"].to_numpy()[base], shows[base])
+        rewards = test_rows["reward"].to_numpy()
+        metrics["concept_auroc"] = concept_auroc(rewards[base], shows[base])
+        metrics["concept_auroc_ci95"] = prompt_interval(
+            test_rows[base], lambda rows: concept_auroc(rewards[base][rows], shows[base][rows]))
         metrics["concept_share_base"] = float(np.mean(shows[base])) if base.any() else float("nan")
         metrics["concept_share_safer"] = float(np.mean(shows[~base])) if (~base).any() else float("nan")
         metrics["concept_rule_accuracy"] = concept_rule_accuracy(test_rows, shows)

@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from rrf.metrics import auroc, crossfit_threshold_accuracy, threshold_accuracy
+from rrf.metrics import auroc, crossfit_threshold_correct, group_bootstrap_ci, threshold_accuracy
 
-PROTOCOL = 3
+PROTOCOL = 4
 """Version of the metric definitions, recorded among evaluate's inputs: bumping it makes ``evaluate``
-recompute stored metrics instead of returning them as up to date (3: adds the labeller's ceiling,
+recompute stored metrics instead of returning them as up to date (4: adds 95% intervals over held-out
+prompts, ``*_ci95``; 3: adds the labeller's ceiling,
 ``concept_rule_accuracy``; 2: accuracy cross-fitted on held-out prompts; 1: logistic-regression threshold
 fitted on the train split)."""
 
@@ -37,18 +38,32 @@ def separation(scores: pd.DataFrame, folds: int = 5) -> dict[str, float | int]:
     (on toy vs toy-sld some safer train samples scored as low as base ones, while the test split was
     perfectly ordered, so the train-fitted threshold missed a narrow held-out gap).
     ``accuracy_train_threshold`` keeps the tau fitted on the train split, for comparison. ``auroc`` needs
-    no threshold.
+    no threshold. ``accuracy_ci95`` and ``auroc_ci95``: 95% intervals over held-out prompts
+    (``prompt_interval``).
     """
     train, test = scores[scores["split"] == "train"], scores[scores["split"] == "test"]
     labels = _labels(test)
+    rewards = test["reward"].to_numpy()
+    right = crossfit_threshold_correct(rewards, labels, test["prompt_id"].astype(str), folds)
     return {
-        "accuracy": crossfit_threshold_accuracy(test["reward"], labels, test["prompt_id"].astype(str), folds),
+        "accuracy": float(right.mean()),
+        "accuracy_ci95": prompt_interval(test, lambda rows: float(right[rows].mean())),
         "accuracy_train_threshold": threshold_accuracy(train["reward"], _labels(train), test["reward"], labels),
-        "auroc": auroc(test["reward"].to_numpy(), labels),
+        "auroc": auroc(rewards, labels),
+        "auroc_ci95": prompt_interval(test, lambda rows: auroc(rewards[rows], labels[rows])),
         "n_train": int(len(train)),
         "n_test": int(len(test)),
         "threshold_folds": int(min(folds, test["prompt_id"].nunique())),
     }
+
+
+def prompt_interval(frame: pd.DataFrame, statistic) -> list[float]:
+    """95% interval of ``statistic(rows)`` (positional rows of ``frame``) over bootstrap resamples of its prompts.
+
+    With the toy's 9 held-out prompts they are 10 to 20 points of accuracy wide; refitting the reward on
+    other splits of one toy store moved accuracy with a standard deviation of 2.4 to 4.2 points.
+    """
+    return list(group_bootstrap_ci(frame["prompt_id"].astype(str).to_numpy(), statistic))
 
 
 def explode_categories(frame: pd.DataFrame) -> pd.DataFrame:

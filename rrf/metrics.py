@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -48,9 +50,9 @@ def threshold_accuracy(fit_scores: np.ndarray, fit_labels: np.ndarray,
     return float(np.mean((np.asarray(scores, dtype=np.float64) > tau) == np.asarray(labels, dtype=bool)))
 
 
-def crossfit_threshold_accuracy(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-                                folds: int = 5) -> float:
-    """Accuracy of ``best_threshold`` where each sample is classified by a threshold fitted on the other folds.
+def crossfit_threshold_correct(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                               folds: int = 5) -> np.ndarray:
+    """Per sample, whether ``best_threshold`` fitted on the other folds classifies it right.
 
     Folds are whole groups (e.g. prompts), so no sample's threshold has seen its own prompt. Deterministic:
     ``GroupKFold`` assigns groups without shuffling.
@@ -62,7 +64,36 @@ def crossfit_threshold_accuracy(scores: np.ndarray, labels: np.ndarray, groups: 
     right = np.zeros(len(scores), dtype=bool)
     for fit, held in GroupKFold(n_splits=folds).split(scores, labels, groups):
         right[held] = (scores[held] > best_threshold(scores[fit], labels[fit])) == labels[held]
-    return float(right.mean())
+    return right
+
+
+def crossfit_threshold_accuracy(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                                folds: int = 5) -> float:
+    """Mean of ``crossfit_threshold_correct``."""
+    return float(crossfit_threshold_correct(scores, labels, groups, folds).mean())
+
+
+def group_bootstrap_ci(groups: np.ndarray, statistic: Callable[[np.ndarray], float], resamples: int = 2000,
+                       level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of ``statistic(rows)`` over resamples of whole groups drawn with replacement.
+
+    ``statistic`` gets the row indices of a resample (a group drawn twice contributes its rows twice).
+    Groups, not rows: samples of one prompt share its difficulty, so resampling rows would understate
+    how much the figure would move on other prompts. Resamples where the statistic is NaN (e.g. an AUROC
+    with one class) are dropped; (NaN, NaN) if all are.
+    """
+    groups = np.asarray(groups)
+    names, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(len(names))]
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(np.concatenate([members[k] for k in rng.integers(0, len(names), len(names))]))
+                       for _ in range(resamples)], dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:

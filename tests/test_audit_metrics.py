@@ -13,7 +13,7 @@ from audit.metrics import (
 )
 from audit.split import split_prompts
 from rrf.errors import UserError
-from rrf.metrics import best_threshold, crossfit_threshold_accuracy, separation_accuracy
+from rrf.metrics import best_threshold, crossfit_threshold_accuracy, group_bootstrap_ci, separation_accuracy
 
 
 def synthetic(base_rewards, expert_rewards, split="test"):
@@ -37,6 +37,45 @@ def test_auroc_matches_known_value():
     # flip its direction, so a reward ranking safer samples low gets chance at best, not a "fixed" 100%.
     out = separation(reversed_)
     assert out["accuracy_train_threshold"] == 0.0 and out["auroc"] == 0.0 and out["accuracy"] <= 0.5
+
+
+def test_prompt_bootstrap_interval_covers_the_truth_and_narrows_with_more_prompts():
+    # Prompts of varying difficulty: the reward's margin is shared by a prompt's samples.
+    def frame(n_prompts, seed):
+        rng = np.random.default_rng(seed)
+        rows = []
+        for p in range(n_prompts):
+            margin = rng.normal(0.5, 1.5)
+            for follow, sign in (("base", -1), ("expert", 1)):
+                rows += [{"prompt_id": f"p{p}", "categories": ["a"], "follow": follow, "split": "test",
+                          "reward": sign * margin / 2 + rng.normal(0, 0.3)} for _ in range(3)]
+        train = pd.DataFrame(rows).assign(split="train")
+        return pd.concat([pd.DataFrame(rows), train], ignore_index=True)
+
+    small, large = separation(frame(9, 0)), separation(frame(200, 1))
+    for out in (small, large):
+        for key in ("accuracy", "auroc"):
+            lo, hi = out[f"{key}_ci95"]
+            assert lo <= out[key] <= hi, (key, out)
+    # 9 prompts (the toy's held-out count) cannot pin the figures down; 200 can, about sqrt(200 / 9) ~ 4.7x
+    # more tightly for the mean of per-sample accuracy, less for a pooled AUROC and where the 9-prompt
+    # interval is cut off at 1.
+    for key in ("accuracy", "auroc"):
+        small_width, large_width = (out[f"{key}_ci95"][1] - out[f"{key}_ci95"][0] for out in (small, large))
+        assert small_width > 0.15 and small_width > 2 * large_width, (key, small, large)
+    assert separation(frame(9, 0)) == small  # seeded: the same frame gives the same interval
+
+
+def test_group_bootstrap_resamples_whole_groups():
+    groups = np.repeat(["a", "b", "c", "d"], 5)
+    values = np.repeat([0.0, 0.0, 1.0, 1.0], 5)
+    # Every resample holds whole groups, so the mean moves in steps of 1/4 (rows would give steps of 1/20).
+    seen = set()
+    group_bootstrap_ci(groups, lambda rows: seen.add(round(values[rows].mean(), 6)) or 0.0, resamples=300)
+    assert seen <= {0.0, 0.25, 0.5, 0.75, 1.0} and len(seen) >= 4
+    assert group_bootstrap_ci(groups, lambda rows: float("nan")) != group_bootstrap_ci(groups, lambda rows: 1.0)
+    assert all(np.isnan(group_bootstrap_ci(groups, lambda rows: float("nan"))))
+    assert group_bootstrap_ci(np.repeat(["a", "b"], 3), lambda rows: 1.0) == (1.0, 1.0)
 
 
 def test_threshold_is_cut_in_the_gap_and_never_flips():

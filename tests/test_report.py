@@ -51,6 +51,16 @@ def test_report_escapes_untrusted_prompts_and_parses(tmp_path):
         assert f'id="{section}"' in html
 
 
+def test_report_shows_the_intervals_over_held_out_prompts(tmp_path):
+    scores = make_scores(tmp_path)
+    metrics = _metrics(scores)
+    lo, hi = metrics["accuracy_ci95"]
+    assert lo <= metrics["accuracy"] <= hi
+    html = _render(tmp_path)[1].read_text()
+    assert f"(95% interval {lo * 100:.1f}-{hi * 100:.1f}%)" in html, html[:2000]
+    assert "95% bootstrap intervals over those prompts" in html
+
+
 def test_blur_is_in_the_pixels_and_irreversible(tmp_path):
     scores, index = _render(tmp_path, blur=True)
     out = index.parent

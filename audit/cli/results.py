@@ -43,9 +43,15 @@ def _tagger(tags: bool, model: str, weights: str):
 
 
 def _headline(metrics: dict) -> str:
-    parts = [f"accuracy {metrics['accuracy']:.1%}", f"AUROC {metrics['auroc']:.3f}", f"n_test {metrics['n_test']}"]
+    def interval(key: str, fmt: str) -> str:
+        lo, hi = metrics.get(f"{key}_ci95") or (None, None)
+        return f" [{lo:{fmt}}, {hi:{fmt}}]" if lo is not None and lo == lo else ""
+
+    parts = [f"accuracy {metrics['accuracy']:.1%}{interval('accuracy', '.1%')}",
+             f"AUROC {metrics['auroc']:.3f}{interval('auroc', '.3f')}", f"n_test {metrics['n_test']}"]
     if metrics.get("concept_auroc") is not None:
-        parts.append(f"concept AUROC {metrics['concept_auroc']:.3f} ({metrics.get('concept')})")
+        parts.append(f"concept AUROC {metrics['concept_auroc']:.3f}{interval('concept_auroc', '.3f')} "
+                     f"({metrics.get('concept')})")
     if metrics.get("concept_rule_accuracy") is not None:
         parts.append(f"labeller's own accuracy {metrics['concept_rule_accuracy']:.1%}")
     if metrics.get("heldout_cosine") is not None:
