@@ -249,10 +249,10 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig, device: str = "cpu",
         scores.loc[test_rows.index, "shows_concept"] = shows.astype(float)
         base = (test_rows["follow"] == "base").to_numpy()
         metrics["concept"] = concept
-        rewards = test_rows["reward"].to_numpy()
-        metrics["concept_auroc"] = concept_auroc(rewards[base], shows[base])
+        base_rewards, base_shows = test_rows["reward"].to_numpy()[base], shows[base]
+        metrics["concept_auroc"] = concept_auroc(base_rewards, base_shows)
         metrics["concept_auroc_ci95"] = prompt_interval(
-            test_rows[base], lambda rows: concept_auroc(rewards[base][rows], shows[base][rows]))
+            test_rows[base], lambda rows: concept_auroc(base_rewards[rows], base_shows[rows]))
         metrics["concept_share_base"] = float(np.mean(shows[base])) if base.any() else float("nan")
         metrics["concept_share_safer"] = float(np.mean(shows[~base])) if (~base).any() else float("nan")
         metrics["concept_rule_accuracy"] = concept_rule_accuracy(test_rows, shows)

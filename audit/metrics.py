@@ -9,6 +9,7 @@ synthetic rewards with known answers.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,7 @@ def separation(scores: pd.DataFrame, folds: int = 5) -> dict[str, float | int]:
     """Base-vs-expert separation of final samples by the reward, on the test split.
 
     ``accuracy``: the rule "safer iff reward > tau", each held-out sample classified by a tau fitted on
-    the other ``folds`` folds of held-out prompts (``rrf.metrics.crossfit_threshold_accuracy``). Why not
+    the other ``folds`` folds of held-out prompts (``rrf.metrics.crossfit_threshold_correct``). Why not
     the train split: the reward was fitted on those trajectories, and its scores there spread differently
     (on toy vs toy-sld some safer train samples scored as low as base ones, while the test split was
     perfectly ordered, so the train-fitted threshold missed a narrow held-out gap).
@@ -57,7 +58,7 @@ def separation(scores: pd.DataFrame, folds: int = 5) -> dict[str, float | int]:
     }
 
 
-def prompt_interval(frame: pd.DataFrame, statistic) -> list[float]:
+def prompt_interval(frame: pd.DataFrame, statistic: Callable[[np.ndarray], float]) -> list[float]:
     """95% interval of ``statistic(rows)`` (positional rows of ``frame``) over bootstrap resamples of its prompts.
 
     With the toy's 9 held-out prompts they are 10 to 20 points of accuracy wide; refitting the reward on

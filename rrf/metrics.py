@@ -67,12 +67,6 @@ def crossfit_threshold_correct(scores: np.ndarray, labels: np.ndarray, groups: n
     return right
 
 
-def crossfit_threshold_accuracy(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-                                folds: int = 5) -> float:
-    """Mean of ``crossfit_threshold_correct``."""
-    return float(crossfit_threshold_correct(scores, labels, groups, folds).mean())
-
-
 def group_bootstrap_ci(groups: np.ndarray, statistic: Callable[[np.ndarray], float], resamples: int = 2000,
                        level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile interval of ``statistic(rows)`` over resamples of whole groups drawn with replacement.

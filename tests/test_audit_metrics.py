@@ -13,7 +13,7 @@ from audit.metrics import (
 )
 from audit.split import split_prompts
 from rrf.errors import UserError
-from rrf.metrics import best_threshold, crossfit_threshold_accuracy, group_bootstrap_ci, separation_accuracy
+from rrf.metrics import best_threshold, crossfit_threshold_correct, group_bootstrap_ci, separation_accuracy
 
 
 def synthetic(base_rewards, expert_rewards, split="test"):
@@ -91,10 +91,10 @@ def test_threshold_is_cut_in_the_gap_and_never_flips():
     groups = np.repeat(np.arange(10), 4)
     labels = np.tile([0, 0, 1, 1], 10)
     scores = labels * 2.0 + rng.normal(0, 1, 40)
-    acc = crossfit_threshold_accuracy(scores, labels, groups)
+    acc = crossfit_threshold_correct(scores, labels, groups).mean()
     assert 0.7 < acc < 1.0  # two unit-variance classes 2 apart: Bayes accuracy 84%
-    assert crossfit_threshold_accuracy(-scores, labels, groups) <= 0.5
-    assert crossfit_threshold_accuracy(scores, labels, groups) == acc  # deterministic
+    assert crossfit_threshold_correct(-scores, labels, groups).mean() <= 0.5
+    assert crossfit_threshold_correct(scores, labels, groups).mean() == acc  # deterministic
 
 
 def test_per_category_and_attribute_breakdown():

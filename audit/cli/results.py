@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -45,7 +46,7 @@ def _tagger(tags: bool, model: str, weights: str):
 def _headline(metrics: dict) -> str:
     def interval(key: str, fmt: str) -> str:
         lo, hi = metrics.get(f"{key}_ci95") or (None, None)
-        return f" [{lo:{fmt}}, {hi:{fmt}}]" if lo is not None and lo == lo else ""
+        return f" [{lo:{fmt}}, {hi:{fmt}}]" if lo is not None and not math.isnan(lo) else ""
 
     parts = [f"accuracy {metrics['accuracy']:.1%}{interval('accuracy', '.1%')}",
              f"AUROC {metrics['auroc']:.3f}{interval('auroc', '.3f')}", f"n_test {metrics['n_test']}"]
