@@ -30,8 +30,9 @@ from audit.metrics import (
     attribute_breakdown,
     concept_auroc,
     concept_rule_accuracy,
+    heldout_verdicts,
     mean_ci,
-    per_category_auroc,
+    per_category,
     prompt_interval,
     separation,
 )
@@ -231,7 +232,8 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig, device: str = "cpu",
     # 3. Separation and breakdowns on held-out prompts.
     test = scores["split"] == "test"
     scores.loc[test, "disagreement"] = disagreement(store, reward, scores.loc[test, "traj_id"].astype(int).tolist())
-    metrics: dict = {**separation(scores), "per_category": per_category_auroc(scores),
+    scores.loc[test, "correct"] = heldout_verdicts(scores[test]).astype(float)
+    metrics: dict = {**separation(scores), "per_category": per_category(scores),
                      "attribute_breakdown": attribute_breakdown(scores)}
 
     # 4. Reward along the diffusion.

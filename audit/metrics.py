@@ -17,9 +17,10 @@ from scipy import stats
 
 from rrf.metrics import auroc, crossfit_threshold_correct, group_bootstrap_ci, threshold_accuracy
 
-PROTOCOL = 4
+PROTOCOL = 5
 """Version of the metric definitions, recorded among evaluate's inputs: bumping it makes ``evaluate``
-recompute stored metrics instead of returning them as up to date (4: adds 95% intervals over held-out
+recompute stored metrics instead of returning them as up to date (5: adds each category's share of
+held-out samples the threshold classifies right, and the per-sample verdict ``correct`` in the scores; 4: adds 95% intervals over held-out
 prompts, ``*_ci95``; 3: adds the labeller's ceiling,
 ``concept_rule_accuracy``; 2: accuracy cross-fitted on held-out prompts; 1: logistic-regression threshold
 fitted on the train split)."""
@@ -45,7 +46,7 @@ def separation(scores: pd.DataFrame, folds: int = 5) -> dict[str, float | int]:
     train, test = scores[scores["split"] == "train"], scores[scores["split"] == "test"]
     labels = _labels(test)
     rewards = test["reward"].to_numpy()
-    right = crossfit_threshold_correct(rewards, labels, test["prompt_id"].astype(str), folds)
+    right = heldout_verdicts(test, folds)
     return {
         "accuracy": float(right.mean()),
         "accuracy_ci95": prompt_interval(test, lambda rows: float(right[rows].mean())),
@@ -56,6 +57,11 @@ def separation(scores: pd.DataFrame, folds: int = 5) -> dict[str, float | int]:
         "n_test": int(len(test)),
         "threshold_folds": int(min(folds, test["prompt_id"].nunique())),
     }
+
+
+def heldout_verdicts(test: pd.DataFrame, folds: int = 5) -> np.ndarray:
+    """Per held-out sample (rows of ``test``), whether the cross-fitted threshold of ``separation`` classifies it right."""
+    return crossfit_threshold_correct(test["reward"].to_numpy(), _labels(test), test["prompt_id"].astype(str), folds)
 
 
 def prompt_interval(frame: pd.DataFrame, statistic: Callable[[np.ndarray], float]) -> list[float]:
@@ -73,13 +79,21 @@ def explode_categories(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(category=cats).explode("category")
 
 
-def per_category_auroc(scores: pd.DataFrame) -> dict[str, dict[str, float | int]]:
-    """Base-vs-expert AUROC within each prompt category, on the test split."""
-    test = explode_categories(scores[scores["split"] == "test"])
+def per_category(scores: pd.DataFrame, folds: int = 5) -> dict[str, dict[str, float | int]]:
+    """Separation within each prompt category, on the test split.
+
+    ``auroc``: base vs expert within the category. ``accuracy``: the share of the category's samples that
+    the one threshold of ``separation`` (fitted over all categories) classifies right, so the categories'
+    accuracies, weighted by their samples, make up the headline figure. It shows where that figure is lost:
+    a category the safer model leaves unchanged sits near 50% whatever the reward.
+    """
+    test = scores[scores["split"] == "test"]
+    test = explode_categories(test.assign(correct=heldout_verdicts(test, folds)))
     out = {}
     for cat, group in test.groupby("category", sort=True):
         out[str(cat)] = {
             "auroc": auroc(group["reward"].to_numpy(), _labels(group)),
+            "accuracy": float(group["correct"].mean()),
             "n_base": int((group["follow"] == "base").sum()),
             "n_expert": int((group["follow"] == "expert").sum()),
         }

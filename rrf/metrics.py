@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from scipy.stats import mannwhitneyu
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -91,8 +91,15 @@ def group_bootstrap_ci(groups: np.ndarray, statistic: Callable[[np.ndarray], flo
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve of ``scores`` for ``labels == 1`` (NaN if only one class is present)."""
-    labels = np.asarray(labels)
-    if len(np.unique(labels)) < 2:
+    """Area under the ROC curve of ``scores`` for ``labels == 1`` (NaN if only one class is present).
+
+    As the Mann-Whitney U of the positives over the negatives, divided by the number of pairs (ties count
+    half): the same value as sklearn's ``roc_auc_score``, about 3x faster at 19k samples, which the 2000
+    bootstrap resamples of an AUROC interval repeat (``bench/separation.py``).
+    """
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    positives, negatives = scores[labels], scores[~labels]
+    if not len(positives) or not len(negatives):
         return float("nan")
-    return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
+    u = mannwhitneyu(positives, negatives, method="asymptotic", use_continuity=False).statistic
+    return float(u / (len(positives) * len(negatives)))

@@ -8,12 +8,18 @@ from audit.metrics import (
     attribute_breakdown,
     concept_auroc,
     concept_rule_accuracy,
-    per_category_auroc,
+    per_category,
     separation,
 )
 from audit.split import split_prompts
 from rrf.errors import UserError
-from rrf.metrics import best_threshold, crossfit_threshold_correct, group_bootstrap_ci, separation_accuracy
+from rrf.metrics import (
+    auroc,
+    best_threshold,
+    crossfit_threshold_correct,
+    group_bootstrap_ci,
+    separation_accuracy,
+)
 
 
 def synthetic(base_rewards, expert_rewards, split="test"):
@@ -37,6 +43,18 @@ def test_auroc_matches_known_value():
     # flip its direction, so a reward ranking safer samples low gets chance at best, not a "fixed" 100%.
     out = separation(reversed_)
     assert out["accuracy_train_threshold"] == 0.0 and out["auroc"] == 0.0 and out["accuracy"] <= 0.5
+
+
+def test_auroc_agrees_with_sklearn_with_ties_and_one_class():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    for n in (7, 200, 5000):
+        labels = rng.random(n) < 0.3
+        scores = np.round(labels * 0.8 + rng.normal(0, 1, n), 1)  # rounded: many ties
+        assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+        assert auroc(scores, labels.astype(int)) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert np.isnan(auroc(np.arange(4.0), np.ones(4, dtype=bool)))
 
 
 def test_prompt_bootstrap_interval_covers_the_truth_and_narrows_with_more_prompts():
@@ -111,8 +129,27 @@ def test_per_category_and_attribute_breakdown():
     assert table[0]["mean_reward"] == pytest.approx(red.mean())
     assert table[0]["ci95"] == pytest.approx(stats.t.ppf(0.975, len(red) - 1) * red.std(ddof=1) / np.sqrt(len(red)))
     assert table[0]["delta"] < 0 < table[1]["delta"]
-    cats = per_category_auroc(frame)
+    cats = per_category(frame)
     assert cats["red"]["auroc"] == 1.0 and cats["red"]["n_base"] == 10 and cats["blue"]["n_expert"] == 20
+
+
+def test_per_category_accuracy_locates_where_the_headline_is_lost():
+    # "changed": the safer model's samples score higher; "same": both models' samples are one distribution.
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(60):
+        cat = "changed" if i < 40 else "same"
+        for follow in ("base", "expert"):
+            shift = 3.0 if (cat == "changed" and follow == "expert") else 0.0
+            rows += [{"prompt_id": f"p{i}", "categories": [cat], "follow": follow, "split": "test",
+                      "reward": shift + rng.normal()} for _ in range(2)]
+    frame = pd.DataFrame(rows)
+    train = frame.assign(split="train")
+    cats, headline = per_category(frame), separation(pd.concat([frame, train]))["accuracy"]
+    assert cats["changed"]["accuracy"] > 0.85
+    assert 0.3 < cats["same"]["accuracy"] < 0.7
+    weighted = (cats["changed"]["accuracy"] * 160 + cats["same"]["accuracy"] * 80) / 240
+    assert weighted == pytest.approx(headline)
 
 
 def test_attribute_breakdown_reports_model_disagreement_of_both_followers():

@@ -5,13 +5,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from audit.metrics import attribute_breakdown, per_category_auroc, separation
+from audit.metrics import attribute_breakdown, per_category, separation
 from audit.report import ReportConfig, blur_image, build_report
 from tests.report_fixtures import MALICIOUS, make_scores
 
 
 def _metrics(scores):
-    return {**separation(scores), "per_category": per_category_auroc(scores),
+    return {**separation(scores), "per_category": per_category(scores),
             "attribute_breakdown": attribute_breakdown(scores),
             "per_timestep": [{"t": t, "follow": f, "mean": m, "ci95": 0.1}
                              for t in (981, 501, 21) for f, m in (("base", 0.0), ("expert", t / 1000))]}
@@ -94,3 +94,12 @@ def test_blur_image_downscales_small_images_too():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
     assert blur_image(img).size == (8, 8)
     assert blur_image(img.resize((512, 512))).size == (64, 64)
+
+
+def test_report_shows_each_categorys_share_classified_right(tmp_path):
+    scores = make_scores(tmp_path)
+    cats = _metrics(scores)["per_category"]
+    html = _render(tmp_path)[1].read_text()
+    section = html[html.index('id="categories"'):html.index('id="batches"')]
+    for name, c in cats.items():
+        assert f"<td>{name}</td>" in section and f"{c['accuracy'] * 100:.1f}%" in section
