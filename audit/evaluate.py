@@ -71,6 +71,9 @@ class EvaluateConfig:
     score_timesteps: int = 4
     """Stored timesteps of the band to average over; 0 scores the clean latent at the last timestep."""
     score_draws: int = 8
+    """Why not more: on the toy-safe audit's five splits, 8 / 32 / 128 draws gave mean accuracy 88.5% /
+    88.5% / 86.7% and, on the default split, concept AUROC 0.936 / 0.927 / 0.900; more draws estimate
+    each image's score better, but the figures were limited elsewhere (2026-12-04)."""
     seed: int = 0
 
 

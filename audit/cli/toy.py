@@ -45,7 +45,7 @@ def erase(
     seed: int = typer.Option(0, help="Seed of the fine-tuning data and noise."),
     steps: int = typer.Option(400, help="Fine-tuning steps. With the default lr, 400 erase red (toy-safe: 5.5% left, "
                               "accuracy elsewhere -2.9 points, at 8 seeds per prompt) but not blue (17.6% left); 700 erase green (0.0%, -2.5) "
-                              "and yellow (2.0%, -0.5) in about 13 min with one thread."),
+                              "and yellow (2.0%, -0.5) in about 13 min with one thread; 600 over-erase red (0.0%, -8.4)."),
     lr: float = typer.Option(3e-4, help="Learning rate of the cross-attention weights. For blue use 6e-4: 5.5% left, "
                              "-2.7 points in 400 steps (9.3 min with the measurement, one thread, idle machine); "
                              "6e-4 over-erases red (0.0% left, -10.5 points)."),
