@@ -94,7 +94,7 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` for ``labels == 1`` (NaN if only one class is present).
 
     As the Mann-Whitney U of the positives over the negatives, divided by the number of pairs (ties count
-    half): the same value as sklearn's ``roc_auc_score``, about 3x faster at 19k samples, which the 2000
+    half): the same value as sklearn's ``roc_auc_score``, 3.0x faster at 2k samples and 1.8x at 19k, which the 2000
     bootstrap resamples of an AUROC interval repeat (``bench/separation.py``).
     """
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
