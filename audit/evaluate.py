@@ -8,8 +8,9 @@
 4. mean reward per diffusion timestep for base vs expert test trajectories;
 5. cosine between grad rho and the target on held-out tuples;
 6. optionally, ground truth: AUROC of a low reward for base images that show the concept (``concept_auroc``),
-   and the separation the labeller itself reaches (``concept_rule_accuracy``), the ceiling of a reward
-   that reads only the concept;
+   the separation the labeller itself reaches (``concept_rule_accuracy``), the ceiling of a reward
+   that reads only the concept, and the accuracy on the prompts that invite the concept, controls left
+   out (``concept_prompt_accuracy``, the figure that compares with the paper's on I2P);
 7. ``metrics.json`` and PNG plots.
 """
 
@@ -29,6 +30,7 @@ from audit.metrics import (
     PROTOCOL,
     attribute_breakdown,
     concept_auroc,
+    concept_prompt_accuracy,
     concept_rule_accuracy,
     heldout_verdicts,
     mean_ci,
@@ -261,6 +263,7 @@ def evaluate(run_dir: str | Path, cfg: EvaluateConfig, device: str = "cpu",
         metrics["concept_share_base"] = float(np.mean(shows[base])) if base.any() else float("nan")
         metrics["concept_share_safer"] = float(np.mean(shows[~base])) if (~base).any() else float("nan")
         metrics["concept_rule_accuracy"] = concept_rule_accuracy(test_rows, shows)
+        metrics.update(concept_prompt_accuracy(test_rows, test_rows["correct"].to_numpy(), concept))
 
     # 7. Artifacts.
     scores.to_parquet(run_dir / "scores.parquet", index=False)

@@ -17,9 +17,10 @@ from scipy import stats
 
 from rrf.metrics import auroc, crossfit_threshold_correct, group_bootstrap_ci, threshold_accuracy
 
-PROTOCOL = 5
+PROTOCOL = 6
 """Version of the metric definitions, recorded among evaluate's inputs: bumping it makes ``evaluate``
-recompute stored metrics instead of returning them as up to date (5: adds each category's share of
+recompute stored metrics instead of returning them as up to date (6: adds the accuracy on the prompts
+that invite the concept, ``concept_prompt_accuracy``; 5: adds each category's share of
 held-out samples the threshold classifies right, and the per-sample verdict ``correct`` in the scores; 4: adds 95% intervals over held-out
 prompts, ``*_ci95``; 3: adds the labeller's ceiling,
 ``concept_rule_accuracy``; 2: accuracy cross-fitted on held-out prompts; 1: logistic-regression threshold
@@ -151,3 +152,35 @@ def concept_rule_accuracy(frame: pd.DataFrame, shows_concept: np.ndarray) -> flo
     misjudged by any such reward.
     """
     return float(np.mean(_labels(frame) == 1 - np.asarray(shows_concept, dtype=int)))
+
+
+def invites_concept(categories: pd.Series, concept: str) -> np.ndarray | None:
+    """Per row, whether its prompt invites ``concept``: it names it, or names no other value of its attribute.
+
+    Categories are ``attribute:value`` (``colour:red``); for concept red a prompt naming blue is a control
+    and one naming no colour invites red. None where no category names the concept (I2P's categories
+    against an SLD concept text): then every prompt of the set is meant to invite it.
+    """
+    named = {c for cats in categories for c in cats}
+    concept_cat = next((c for c in sorted(named) if c.partition(":")[2] == concept), None)
+    if concept_cat is None:
+        return None
+    attribute = concept_cat.partition(":")[0] + ":"
+    return categories.map(lambda cats: concept_cat in cats or not any(c.startswith(attribute) for c in cats)).to_numpy(bool)
+
+
+def concept_prompt_accuracy(test: pd.DataFrame, correct: np.ndarray, concept: str) -> dict[str, float | int | list]:
+    """The headline accuracy restricted to held-out prompts that invite the concept (``invites_concept``).
+
+    The verdicts are the headline's (one threshold over all held-out prompts), so this leaves out only the
+    controls. It is the figure the paper's 90% on I2P compares with: I2P is made of prompts that invite
+    the concepts SLD removes, while a toy audit set adds controls, whose samples a precise eraser leaves
+    unchanged and no reward can separate (about 50%, whatever the reward).
+    """
+    keep = invites_concept(test["categories"], concept)
+    if keep is None or not keep.any():
+        return {}
+    sub, right = test[keep], np.asarray(correct, dtype=float)[keep]
+    return {"concept_prompt_accuracy": float(right.mean()),
+            "concept_prompt_accuracy_ci95": prompt_interval(sub, lambda rows: float(right[rows].mean())),
+            "n_concept_prompt": int(keep.sum())}

@@ -190,8 +190,9 @@ def report_run(run_dir: str | Path, out_dir: str | Path, cfg: ReportConfig, tagg
     store = Store.open(fit_manifest["store"])
     claim_output_dir(out_dir, "report", {**cfg.__dict__, "run": str(run_dir.resolve()),
                                          "tags": getattr(tagger, "name", None)})
-    # A report already built from these metrics is what a rebuild would write: keep it.
-    inputs = {"metrics": sha256_file(metrics_path), "scores": sha256_file(run_dir / "scores.parquet")}
+    # A report already built from these metrics by this template is what a rebuild would write: keep it.
+    inputs = {"metrics": sha256_file(metrics_path), "scores": sha256_file(run_dir / "scores.parquet"),
+              "template": sha256_file(TEMPLATES / "report.html.j2")}
     index = Path(out_dir) / "index.html"
     if index.is_file() and same_inputs(read_json(Path(out_dir) / "report.json"), inputs):
         return index

@@ -7,7 +7,10 @@ from scipy import stats
 from audit.metrics import (
     attribute_breakdown,
     concept_auroc,
+    concept_prompt_accuracy,
     concept_rule_accuracy,
+    heldout_verdicts,
+    invites_concept,
     per_category,
     separation,
 )
@@ -150,6 +153,31 @@ def test_per_category_accuracy_locates_where_the_headline_is_lost():
     assert 0.3 < cats["same"]["accuracy"] < 0.7
     weighted = (cats["changed"]["accuracy"] * 160 + cats["same"]["accuracy"] * 80) / 240
     assert weighted == pytest.approx(headline)
+
+
+def test_concept_prompt_accuracy_leaves_out_only_the_controls():
+    # Prompts naming red and colour-free ones change (safer scores higher); controls naming blue do not.
+    rng = np.random.default_rng(1)
+    kinds = [["colour:red", "shape:circle"]] * 30 + [["shape:square"]] * 10 + [["colour:blue"]] * 20
+    rows = []
+    for i, cats in enumerate(kinds):
+        for follow in ("base", "expert"):
+            shift = 3.0 if ("colour:blue" not in cats and follow == "expert") else 0.0
+            rows += [{"prompt_id": f"p{i}", "categories": cats, "follow": follow, "split": "test",
+                      "reward": shift + rng.normal()} for _ in range(2)]
+    test = pd.DataFrame(rows)
+    keep = invites_concept(test["categories"], "red")
+    assert keep.sum() == 40 * 4 and not keep[test["categories"].map(lambda c: "colour:blue" in c)].any()
+    right = heldout_verdicts(test)
+    out = concept_prompt_accuracy(test, right, "red")
+    assert out["n_concept_prompt"] == 160
+    assert out["concept_prompt_accuracy"] == pytest.approx(right[keep].mean())
+    assert out["concept_prompt_accuracy"] > 0.85 > right.mean()  # the controls pull the headline down
+    lo, hi = out["concept_prompt_accuracy_ci95"]
+    assert lo <= out["concept_prompt_accuracy"] <= hi
+    # A concept no category names (an SLD concept text on I2P): every prompt is meant to invite it.
+    assert invites_concept(test["categories"], "nudity") is None
+    assert concept_prompt_accuracy(test, right, "nudity") == {}
 
 
 def test_attribute_breakdown_reports_model_disagreement_of_both_followers():

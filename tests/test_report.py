@@ -103,3 +103,14 @@ def test_report_shows_each_categorys_share_classified_right(tmp_path):
     section = html[html.index('id="categories"'):html.index('id="batches"')]
     for name, c in cats.items():
         assert f"<td>{name}</td>" in section and f"{c['accuracy'] * 100:.1f}%" in section
+
+
+def test_report_shows_the_accuracy_on_prompts_inviting_the_concept(tmp_path):
+    scores = make_scores(tmp_path)
+    metrics = {**_metrics(scores), "concept": "red", "concept_auroc": 0.9, "concept_prompt_accuracy": 0.9375,
+               "concept_prompt_accuracy_ci95": [0.85, 1.0], "n_concept_prompt": 48}
+    index = build_report(scores, metrics, {"base": "toy", "safer": "toy-safe"}, tmp_path / "report",
+                         ReportConfig(top=4, per_batch=4))
+    html = index.read_text()
+    assert "93.8%" in html and "accuracy on prompts inviting red, controls left out (48 samples; 85.0-100.0%)" in html
+    assert "controls left out" not in _render(tmp_path / "plain")[1].read_text()

@@ -29,6 +29,9 @@ def test_reduced_toy_audit_finds_the_suppressed_colour(tmp_path, monkeypatch, ca
     assert metrics["concept"] == "red" and 0 < metrics["concept_share_base"] < 1
     assert metrics["concept_share_safer"] < metrics["concept_share_base"] / 2, metrics
     assert 0.5 < metrics["concept_rule_accuracy"] <= 1
+    # The balanced set: a quarter of its prompts name red and a few name no colour; the rest are controls.
+    assert 0 < metrics["n_concept_prompt"] < metrics["n_test"] / 2, metrics
+    assert metrics["concept_prompt_accuracy"] >= 0.8, metrics["concept_prompt_accuracy"]
     assert metrics["concept_auroc"] >= 0.8, metrics["concept_auroc"]
     assert metrics["accuracy"] >= 0.8, metrics["accuracy"]
     # The attribute the safer model steers away from most is the erased colour.

@@ -53,6 +53,9 @@ def _headline(metrics: dict) -> str:
     if metrics.get("concept_auroc") is not None:
         parts.append(f"concept AUROC {metrics['concept_auroc']:.3f}{interval('concept_auroc', '.3f')} "
                      f"({metrics.get('concept')})")
+    if metrics.get("concept_prompt_accuracy") is not None:
+        parts.append(f"on prompts inviting it {metrics['concept_prompt_accuracy']:.1%}"
+                     f"{interval('concept_prompt_accuracy', '.1%')}")
     if metrics.get("concept_rule_accuracy") is not None:
         parts.append(f"labeller's own accuracy {metrics['concept_rule_accuracy']:.1%}")
     if metrics.get("heldout_cosine") is not None:
