@@ -257,6 +257,8 @@ def test_config_options_are_checked():
                                                                             "halfcheetah:expert=minari:x"])
     assert cfg.sweep_omegas == (0.1, 0.3) and cfg.datasets == {"halfcheetah": {"replay": "a.hdf5",
                                                                                "expert": "minari:x"}}
+    assert LocomotionConfig.from_options("paper").gate_episodes == 32
+    assert LocomotionConfig.from_options("paper", gate_episodes=128).gate_episodes == 128
     for bad in ({"profile": "fast"}, {"profile": "quick", "sweep": "a,b"},
                 {"profile": "quick", "datasets": ["halfcheetah=a.hdf5"]},
                 {"profile": "quick", "datasets": ["ant:replay=a.hdf5"]}):

@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from audit.toy.erase import EraseConfig, erase, frozen_targets, steered_mask
+from audit.toy import WEIGHTS, data
+from audit.toy.erase import RECIPES, EraseConfig, erase, frozen_targets, steered_mask
 from audit.toy.train import PIPELINE_FILES, ToyTrainConfig, train
 from rrf.errors import UserError
 
@@ -107,10 +108,21 @@ def test_erase_targets_are_the_esd_formula_row_by_row(tiny_toy):
             torch.testing.assert_close(eps_empty[i], eps(empty), atol=1e-5, rtol=1e-4)
 
 
+def test_every_colour_has_a_default_recipe_and_reds_is_the_shipped_toy_safe():
+    assert set(RECIPES) == set(data.COLOURS)
+    blue = EraseConfig(concept="blue")
+    assert (blue.steps, blue.lr) == RECIPES["blue"] and EraseConfig(concept="blue", lr=1e-4, steps=3).lr == 1e-4
+    assert EraseConfig(concept="green", steps=3).steps == 3
+    shipped = json.loads((WEIGHTS / "toy-safe" / "manifest.json").read_text())["config"]
+    measurement_only = {"sampling", "eval_seeds_per_prompt"}  # settings of the before/after figures, not the weights
+    default = {k: v for k, v in EraseConfig(concept="red").__dict__.items() if k not in measurement_only}
+    assert {k: shipped[k] for k in default} == default
+
+
 def test_erase_refuses_an_unknown_steer_before_claiming_the_output(tiny_toy, tmp_path):
     with pytest.raises(UserError, match="unknown --steer 'everything'; choose concept or shown"):
         erase(tiny_toy, tmp_path / "x", EraseConfig(steer="everything"), progress=False)
-    with pytest.raises(UserError, match="--lr must be positive, got 0.0"):
+    with pytest.raises(UserError, match="--lr must be positive, got 0.0; the default for red is 0.0003"):
         erase(tiny_toy, tmp_path / "x", EraseConfig(lr=0.0), progress=False)
     assert not (tmp_path / "x").exists()
 

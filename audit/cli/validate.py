@@ -55,6 +55,9 @@ def locomotion(
     envs: str = typer.Option(None, "--envs", help="Comma-separated subset of halfcheetah,hopper,walker2d."),
     seed: int = typer.Option(0, "--seed", help="Seed of the policy search, data, training and rollouts."),
     episodes: int = typer.Option(None, "--episodes", min=2, help="Closed-loop episodes per evaluated planner."),
+    gate_episodes: int = typer.Option(None, "--gate-episodes", min=2,
+                                      help="Closed-loop episodes per planner for the gate (default 32; more give a "
+                                           "less noisy verdict, and more start states for the reward's data)."),
     sweep: str = typer.Option(None, "--sweep", help="Comma-separated omegas: pick each guide's omega by a separate "
                                                     "closed-loop run instead of the paper's Tables 4/5 values."),
     sweep_t_stopgrad: str = typer.Option(None, "--sweep-t-stopgrad", help="Comma-separated t_stopgrad values to sweep."),
@@ -75,7 +78,8 @@ def locomotion(
 
     from rrf.decision.validate_locomotion import LocomotionConfig, results_table, run
 
-    cfg = LocomotionConfig.from_options(profile, envs=envs, seed=seed, episodes=episodes, sweep=sweep,
+    cfg = LocomotionConfig.from_options(profile, envs=envs, seed=seed, episodes=episodes,
+                                        gate_episodes=gate_episodes, sweep=sweep,
                                         sweep_t_stopgrad=sweep_t_stopgrad, datasets=dataset, cache=cache,
                                         threads=threads, progress=progress)
     console = Console()

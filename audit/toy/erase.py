@@ -44,6 +44,24 @@ from rrf.trainer import Trainer, TrainerConfig
 STEER = ("concept", "shown")
 """Values of ``EraseConfig.steer``."""
 
+RECIPES = {"red": (400, 3e-4), "green": (700, 3e-4), "yellow": (700, 3e-4), "blue": (400, 6e-4)}
+"""Default (steps, learning rate) per colour, measured with 4 seeds per prompt (concept left on its prompts /
+accuracy on the other prompts, base 100% / 99.3%) and audited with ``rrf-audit compare toy DIR``:
+
+* red, 400 steps at 3e-4 (the shipped toy-safe): 6.2% / 97.5%. 600 steps over-erase it (0.0% / 90.9%), as
+  does 6e-4 (0.0% / 88.7%).
+* green, 700 steps: 0.0% / 98.0%. 400 steps already leave 0.0% / 99.0%, but that eraser hardly moves the
+  colour-free prompts, and its audit ranked the base model's green images above its other ones (concept
+  AUROC 0.28 on the default split, 4 images not green among 27).
+* yellow, 700 steps: 1.6% / 99.3%. 400 steps leave 1.6% / 99.8%; its audit separated 87.5% of the samples
+  of the prompts that invite yellow (target 90%).
+* blue, the hardest colour to erase, 400 steps at 6e-4: 5.5% / 96.6%. At 3e-4, 400 steps leave 17.6% / 97.2%
+  (8 seeds) and 700 leave 9.4%; sampling the training timesteps as T u^p instead of uniformly did less at
+  3e-4: p 2 (more low noise) 18.0% / 94.9%, p 0.5 9.4% / 97.1%.
+
+(Red at 6e-4 and the u^p runs used a batched step whose float rounding differs; blue at 6e-4 came out
+4.7% / 96.6% with it.)"""
+
 
 @dataclass
 class EraseConfig:
@@ -52,15 +70,11 @@ class EraseConfig:
     seed: int = 0
     threads: int = 1
     """torch CPU threads (part of the recipe: the bytes of the weights depend on it, see ToyTrainConfig)."""
-    steps: int = 400
+    steps: int | None = None
+    """Fine-tuning steps; None takes the concept's from ``RECIPES``."""
     batch_size: int = 64
-    lr: float = 3e-4
-    """Measured at 400 steps, 4 seeds per prompt (concept left on its prompts / accuracy on other prompts,
-    base 100% / 99.3%): blue, the hardest colour to erase, lr 3e-4 17.6% / 97.2% (8 seeds), 6e-4 5.5% / 96.6%;
-    red at 3e-4 (the shipped toy-safe) 6.2% / 97.5%, at 6e-4 it is over-erased: 0.0% / 88.7%. Sampling the
-    training timesteps as T u^p instead of uniformly did less for blue at 3e-4: p 2 (more low noise) 18.0%
-    / 94.9%, p 0.5 9.4% / 97.1%. (Red at 6e-4 and the u^p runs used a batched step whose float rounding
-    differs; blue at 6e-4 came out 4.7% / 96.6% with it.)"""
+    lr: float | None = None
+    """Learning rate of the fine-tuned weights; None takes the concept's from ``RECIPES``."""
     negative_guidance: float = 1.6
     """eta: how far the target is steered from the concept, in units of the concept's guidance direction.
     Measured on the shipped toy, CFG 7.5, red share on red prompts / accuracy on other prompts (base:
@@ -98,6 +112,11 @@ class EraseConfig:
     """Images per prompt for the before/after figures in the manifest (0: skip the measurement)."""
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
 
+    def __post_init__(self) -> None:
+        steps, lr = RECIPES.get(self.concept, (None, None))  # an unknown concept is refused by ``erase``
+        self.steps = steps if self.steps is None else self.steps
+        self.lr = lr if self.lr is None else self.lr
+
     @classmethod
     def tiny(cls, concept: str = "red") -> EraseConfig:
         return cls(concept=concept, steps=40, batch_size=8, lr=1e-3, eval_seeds_per_prompt=0)
@@ -109,7 +128,7 @@ def erase(base: str | Path, out: str | Path, cfg: EraseConfig, progress: bool = 
         raise UserError(f"cannot erase {cfg.concept!r}: the toy knows the colours {', '.join(data.COLOURS)}; "
                         "pass one of them with --concept")
     if not cfg.lr > 0:
-        raise UserError(f"--lr must be positive, got {cfg.lr}; the default is 3e-4 (6e-4 for blue)")
+        raise UserError(f"--lr must be positive, got {cfg.lr}; the default for {cfg.concept} is {RECIPES[cfg.concept][1]:g}")
     if cfg.steer not in STEER:
         raise UserError(f"unknown --steer {cfg.steer!r}; choose {' or '.join(STEER)}")
     base, out = Path(base), Path(out)

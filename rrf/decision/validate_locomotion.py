@@ -186,7 +186,8 @@ class LocomotionConfig:
 
     @classmethod
     def from_options(cls, profile: str, envs: str | None = None, seed: int = 0, episodes: int | None = None,
-                     sweep: str | None = None, sweep_t_stopgrad: str | None = None, datasets: list[str] = (),
+                     gate_episodes: int | None = None, sweep: str | None = None,
+                     sweep_t_stopgrad: str | None = None, datasets: list[str] = (),
                      cache: str | Path | None = None, threads: int = 1, progress: bool = True) -> LocomotionConfig:
         """The CLI's options (strings as typed) -> a config; bad values are one-line ``UserError``s."""
         if profile not in ("quick", "paper"):
@@ -196,6 +197,8 @@ class LocomotionConfig:
             overrides["envs"] = tuple(e.strip() for e in envs.split(",") if e.strip())
         if episodes is not None:
             overrides["eval_episodes"] = episodes
+        if gate_episodes is not None:
+            overrides["gate_episodes"] = gate_episodes
         if sweep:
             overrides["sweep_omegas"] = _floats(sweep, "--sweep")
         if sweep_t_stopgrad:
