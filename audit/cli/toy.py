@@ -58,9 +58,9 @@ def erase(
     """Fine-tune a toy's cross-attention so that it no longer draws CONCEPT (ESD-x); `toy-safe` is `--concept red`.
 
     Each colour's default steps and lr leave at most 10% of it on its prompts and cost at most 5 points of
-    accuracy on the others, in 6 to 10 minutes with one thread, measurement included. Writes the erased
-    model and a manifest with the concept share before and after, and the accuracy on prompts that do not
-    ask for the concept.
+    accuracy on the others, in 6 to 10.5 minutes with one thread (measured with the other core busy; green's
+    700 steps are the longest), measurement included. Writes the erased model and a manifest with the concept
+    share before and after, and the accuracy on prompts that do not ask for the concept.
     """
     from rich.console import Console
 
