@@ -5,6 +5,9 @@ objective, the discriminator guide and Algorithm 2 with inpainting (seconds; the
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -122,6 +125,31 @@ def test_ars_improves_and_resumes_to_the_same_bytes(tmp_path):
     for field in ("M", "mean", "std", "eval_returns", "train_returns"):
         assert np.array_equal(getattr(resumed, field), getattr(full, field)), field
     assert isinstance(ARSRun.load(part / "ars.npz"), ARSRun)
+
+
+_ARS_BYTES = """
+import hashlib, sys, tempfile
+from threadpoolctl import threadpool_info
+from rrf.decision.ars import ARSConfig, train_ars
+from rrf.decision.locomotion import get_env
+cfg = ARSConfig(iterations=3, directions=8, top=4, episode_steps=200, eval_every=1, eval_episodes=2)
+run = train_ars(get_env("hopper"), cfg, tempfile.mkdtemp())
+kernels = sorted(str(i.get("architecture")) for i in threadpool_info() if i.get("internal_api") == "openblas")
+print(",".join(kernels), hashlib.sha256(run.M.tobytes() + run.eval_returns.tobytes()).hexdigest())
+"""
+
+
+def test_ars_is_the_same_whichever_blas_kernels_the_cpu_gets():
+    """OpenBLAS rounds differently per CPU family; ARS must not depend on it (it did: 2 iterations sufficed)."""
+    out = {}
+    for core in ("Haswell", "SandyBridge"):
+        env = {**os.environ, "OPENBLAS_CORETYPE": core, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-c", _ARS_BYTES], env=env, capture_output=True, text=True, check=True)
+        kernels, digest = proc.stdout.split()
+        out[kernels] = digest
+    if len(out) < 2:
+        pytest.skip(f"numpy's OpenBLAS ignores OPENBLAS_CORETYPE here (kernels {list(out)}), so there is nothing to compare")
+    assert len(set(out.values())) == 1, out
 
 
 class _InterruptAt:

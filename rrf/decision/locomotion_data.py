@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rrf.decision.ars import VERSION as ARS_VERSION
 from rrf.decision.ars import ARSConfig, ARSRun, LinearPolicy, train_ars
 from rrf.decision.locomotion import (
     Episodes,
@@ -133,7 +134,7 @@ def load_or_make(env: LocomotionEnv, ars: ARSConfig, cfg: DatasetConfig, cache_d
     The cache key holds every setting, so changed settings make a new entry instead of reusing a
     stale one; nothing in the cache is ever overwritten.
     """
-    ars_root = Path(cache_dir) / env.name / _cache_key({"env": env.gym_id, "ars": asdict(ars)})
+    ars_root = Path(cache_dir) / env.name / _cache_key({"env": env.gym_id, "ars": asdict(ars), "version": ARS_VERSION})
     root = ars_root / _cache_key({"data": asdict(cfg), "seed": seed, "recipe": RECIPE_VERSION})
     manifest_file = root / "manifest.json"
     if manifest_file.is_file():
