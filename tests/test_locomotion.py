@@ -26,7 +26,7 @@ from rrf.decision.locomotion import (
     rollout,
     save_episodes,
 )
-from rrf.decision.locomotion_data import DatasetConfig, load_or_make
+from rrf.decision.locomotion_data import DatasetConfig, load_or_make, replay_end
 from rrf.decision.planner import PlannerConfig, build_planner
 from rrf.decision.validate_locomotion import LocomotionConfig, algorithm2_tuples, split_episodes
 from rrf.errors import UserError
@@ -187,6 +187,27 @@ def test_datasets_are_cached_and_reproducible(tmp_path):
             assert np.array_equal(first[kind].trajectories.actions, other[kind].trajectories.actions)
         assert manifest["returns"][kind]["episodes"] == len(first[kind].lengths)
     assert manifest["policy"]["expert_iteration"] in (0, 2, 4)
+
+
+def test_replay_end_evaluates_the_skipped_iterations_as_ars_would_and_stops_before_medium(tmp_path):
+    env = ENVS["hopper"]
+    settings = dict(iterations=12, directions=4, top=2, episode_steps=60, eval_episodes=2)
+    sparse_cfg = ARSConfig(eval_every=4, **settings)
+    sparse = train_ars(env, sparse_cfg, tmp_path / "sparse")
+    dense = train_ars(env, ARSConfig(eval_every=1, **settings), tmp_path / "dense")
+    assert np.array_equal(sparse.M, dense.M)  # evaluating does not disturb the search
+    curve = dict(zip(dense.eval_iterations.tolist(), dense.eval_returns.mean(axis=1), strict=True))
+    means = sparse.eval_returns.mean(axis=1)
+    inside = 0
+    for fraction in np.linspace(0.05, 1.0, 20):
+        end, evaluated = replay_end(env, sparse, sparse_cfg, float(fraction))
+        for i, r in evaluated.items():
+            assert r == curve[i]  # the same episodes as an ARS run that evaluated every iteration
+        target = means[0] + fraction * (means.max() - means[0])
+        assert curve[end] < target <= curve[end + 1]
+        assert all(curve[i] < target for i in evaluated if i <= end)
+        inside += end % 4 != 3  # ends that only the dense evaluations could find
+    assert inside > 0
 
 
 def _tiny_planner(obs_dim=3, act_dim=2, horizon=4, action_weight=10.0, uncond_fraction=0.0):

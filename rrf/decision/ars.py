@@ -125,6 +125,16 @@ def _iteration_rng(seed: int, i: int) -> np.random.Generator:
     return np.random.default_rng([seed, i, 0xA125])
 
 
+def evaluation_returns(batch: MujocoBatch, policy: LinearPolicy, cfg: ARSConfig, i: int) -> np.ndarray:
+    """True returns of iteration ``i``'s evaluation (``cfg.eval_episodes`` episodes on ``batch``).
+
+    The episodes' seeds depend on ``(cfg.seed, i)`` alone, so a snapshot that ``train_ars`` did not
+    evaluate can be evaluated later exactly as it would have been.
+    """
+    seeds = _iteration_rng(cfg.seed, i).integers(2**31, size=cfg.eval_episodes) + 1_000_000_007
+    return rollout(batch, policy, seeds, cfg.episode_steps).returns
+
+
 def train_ars(env: LocomotionEnv, cfg: ARSConfig, out_dir: str | Path, progress=None) -> ARSRun:
     """Train (resuming from ``out_dir/ars.npz``) and return the run. ``progress``: a rich ``Progress`` or None."""
     out_dir = Path(out_dir)
@@ -149,9 +159,7 @@ def train_ars(env: LocomotionEnv, cfg: ARSConfig, out_dir: str | Path, progress=
             train_returns = list(f["train_returns"])
 
     def evaluate(i: int) -> None:
-        seeds = _iteration_rng(cfg.seed, i).integers(2**31, size=cfg.eval_episodes) + 1_000_000_007
-        eps = rollout(eval_batch, LinearPolicy(Ms[i], means[i], stds[i]), seeds, cfg.episode_steps)
-        evals.append((i, eps.returns))
+        evals.append((i, evaluation_returns(eval_batch, LinearPolicy(Ms[i], means[i], stds[i]), cfg, i)))
 
     def save(path: Path) -> None:
         tmp = path.with_name(f".{path.name}.partial.npz")
