@@ -24,6 +24,10 @@ at the first deviation and never comes back (the trial run's expert did worse th
 closed-loop); noisy episodes cover a tube around the orbit with corrective actions. The noise has
 the same distribution in both datasets: when the expert's was larger, the relative reward (and the
 discriminator) learned "noisy actions look expert" and ranked episodes *against* their returns.
+The price: HalfCheetah's and Walker2d's expert snapshots do not survive a std above 0.1 (Walker2d's
+median return falls from 2825 to 245), so their expert datasets mix runs with falls and flips, and
+with less noise for both (0.05) HalfCheetah's base planner could not clone its replay data
+(``docs/locomotion-recipe3``).
 
 A third, small set of **probe** episodes serves evaluation only: one episode per snapshot evenly
 spaced from the untrained policy to the expert, all with the same action noise, so that returns
