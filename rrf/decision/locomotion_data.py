@@ -26,8 +26,8 @@ the same distribution in both datasets: when the expert's was larger, the relati
 discriminator) learned "noisy actions look expert" and ranked episodes *against* their returns.
 The price: HalfCheetah's and Walker2d's expert snapshots do not survive a std above 0.1 (Walker2d's
 median return falls from 2825 to 245), so their expert datasets mix runs with falls and flips, and
-with less noise for both (0.05) HalfCheetah's base planner could not clone its replay data
-(``docs/locomotion-recipe3``).
+with less noise for both (0.05) HalfCheetah's base planner could not clone its replay data; less
+noise for the expert alone did not make HalfCheetah's reward guidance work (``docs/locomotion-recipe3``).
 
 A third, small set of **probe** episodes serves evaluation only: one episode per snapshot evenly
 spaced from the untrained policy to the expert, all with the same action noise, so that returns
