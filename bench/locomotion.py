@@ -18,6 +18,7 @@ import torch
 
 from rrf.decision.ars import ARSConfig, train_ars
 from rrf.decision.control import PlannerPolicy, StartConditionedDiffusion
+from rrf.decision.diffusion import OracleGuide
 from rrf.decision.locomotion import ENVS, MujocoBatch, make_gym_env
 from rrf.decision.planner import PlannerConfig, build_planner
 from rrf.guidance import RewardGuide
@@ -82,14 +83,15 @@ def bench_ars(seconds: float, tmp: str) -> None:
 def bench_planner(seconds: float) -> None:
     print("planner (MLPDenoiser 512x3, T=20) and guidance (TemporalRewardEncoder 64,64,128,128)")
     for name, horizon in (("halfcheetah", 4), ("hopper", 32)):
-        train, reward_train, plain, guided = planner_rates(name, horizon, seconds)
+        train, reward_train, plain, guided, oracle = planner_rates(name, horizon, seconds)
         print(f"  {name:11s} H={horizon:2d}: planner training {train:5.1f} it/s (batch 256), reward training "
               f"{reward_train:5.1f} it/s (batch 128); replanning 64 envs: unguided {1e3 / plain:6.1f} ms, "
-              f"guided {1e3 / guided:6.1f} ms (x{plain / guided:.1f} slower)")
+              f"guided {1e3 / guided:6.1f} ms (x{plain / guided:.1f} slower), oracle-guided {1e3 / oracle:6.1f} ms "
+              f"(x{plain / oracle:.1f})")
 
 
-def planner_rates(name: str, horizon: int, seconds: float) -> tuple[float, float, float, float]:
-    """(planner train it/s, reward train it/s, unguided replans/s, guided replans/s) for one environment."""
+def planner_rates(name: str, horizon: int, seconds: float) -> tuple[float, float, float, float, float]:
+    """(planner train it/s, reward train it/s, unguided, reward-guided and oracle-guided replans/s) for one environment."""
     batch = MujocoBatch(ENVS[name], 1)
     dim = batch.obs_dim + batch.act_dim
     torch.manual_seed(0)
@@ -116,8 +118,9 @@ def planner_rates(name: str, horizon: int, seconds: float) -> tuple[float, float
     obs = np.random.default_rng(0).normal(size=(64, batch.obs_dim))
     plain = PlannerPolicy(planner.eval())
     guided = PlannerPolicy(planner, RewardGuide(reward, 0.2, 1))
+    oracle = PlannerPolicy(planner, OracleGuide(planner, planner, 0.2, 1))  # the cost of a second planner's step
     return (rate(train_step, seconds), rate(reward_step, seconds), rate(lambda: plain(obs), seconds),
-            rate(lambda: guided(obs), seconds))
+            rate(lambda: guided(obs), seconds), rate(lambda: oracle(obs), seconds))
 
 
 def main() -> None:

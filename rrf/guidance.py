@@ -8,12 +8,16 @@ already-decided sample. ``RewardGuide`` is the single implementation; it plugs i
   which for deterministic samplers is the mean of the step), and
 * the decision-making planner in ``rrf.decision``, which calls ``RewardGuide.shift`` on its posterior
   mean before adding noise (jannerm/diffuser's ``n_step_guided_p_sample``, with one gradient step).
+
+Samplers accept any ``Guide`` (an object with ``shift``); ``rrf.decision.diffusion.OracleGuide`` is the
+other one: it shifts by the exact target ``omega * h_t`` that ``grad rho`` is fitted to.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -21,6 +25,16 @@ from torch import Tensor
 from rrf.losses import reward_gradient
 
 RewardFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class Guide(Protocol):
+    def shift(self, mean: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        """The guided step from ``mean`` (the sampler's step from ``x`` at timesteps ``t``)."""
+
+
+def active_steps(t: Tensor, t_stopgrad: float, like: Tensor) -> Tensor:
+    """1 where ``t >= t_stopgrad`` else 0, shaped to broadcast against ``like`` (B, ...)."""
+    return (t >= t_stopgrad).to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
 
 @dataclass
@@ -39,8 +53,7 @@ class RewardGuide:
         """``(rho, grad_x rho)`` at the current state; the gradient is zeroed where ``t < t_stopgrad``."""
         t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
         rho, grad = reward_gradient(self.reward, x, t, create_graph=False)
-        active = (t >= self.t_stopgrad).to(grad.dtype).view(-1, *([1] * (grad.dim() - 1)))
-        return rho.detach(), grad.detach() * active
+        return rho.detach(), grad.detach() * active_steps(t, self.t_stopgrad, grad)
 
     def shift(self, mean: Tensor, x: Tensor, t: Tensor) -> Tensor:
         """Guided step: ``mean + omega * grad rho(x, t)``, with ``x`` the state the step started from."""
@@ -50,7 +63,7 @@ class RewardGuide:
         return mean + self.scale * grad.to(mean.dtype)
 
 
-def guided_scheduler_step(scheduler, model_output: Tensor, t: Tensor | int, sample: Tensor, guide: RewardGuide | None,
+def guided_scheduler_step(scheduler, model_output: Tensor, t: Tensor | int, sample: Tensor, guide: Guide | None,
                           **step_kwargs) -> Tensor:
     """``scheduler.step(...)`` followed by the reward shift; returns the guided ``prev_sample``."""
     prev = scheduler.step(model_output, t, sample, **step_kwargs).prev_sample

@@ -21,6 +21,7 @@ from rrf.decision.locomotion import (
     ENVS,
     Episodes,
     MujocoBatch,
+    get_env,
     load_episodes,
     make_gym_env,
     rollout,
@@ -28,7 +29,7 @@ from rrf.decision.locomotion import (
 )
 from rrf.decision.locomotion_data import DatasetConfig, load_or_make, replay_end
 from rrf.decision.planner import PlannerConfig, build_planner
-from rrf.decision.validate_locomotion import LocomotionConfig, algorithm2_tuples, split_episodes
+from rrf.decision.validate_locomotion import LocomotionConfig, algorithm2_tuples, closed_loop, split_episodes
 from rrf.errors import UserError
 from rrf.guidance import RewardGuide
 from rrf.models import TemporalRewardEncoder
@@ -216,6 +217,17 @@ def _tiny_planner(obs_dim=3, act_dim=2, horizon=4, action_weight=10.0, uncond_fr
     cfg = PlannerConfig(denoiser_kwargs={"hidden_dims": (32,)}, horizon=horizon, num_timesteps=5,
                         prediction_type="sample")
     return StartConditionedDiffusion.wrap(build_planner(cfg, norm, obs_dim), action_weight, uncond_fraction)
+
+
+def test_closed_loop_returns_what_a_resumed_run_reads(tmp_path):
+    env = get_env("hopper")
+    planner = _tiny_planner(obs_dim=11, act_dim=3).eval()
+    cfg = LocomotionConfig.quick(episode_steps=6, rollout_batch=2, progress=False)
+    seeds = np.array([3, 4, 5])
+    fresh = closed_loop(env, planner, None, seeds, cfg, tmp_path / "e.hdf5", "test", sample_seed=0)
+    resumed = closed_loop(env, planner, None, seeds, cfg, tmp_path / "e.hdf5", "test", sample_seed=0)
+    assert np.array_equal(fresh.returns, resumed.returns) and np.array_equal(fresh.lengths, resumed.lengths)
+    assert fresh.returns.dtype == np.float64 and np.all(fresh.lengths <= 6)
 
 
 def test_start_conditioned_loss_ignores_the_given_start_and_weights_the_first_action():

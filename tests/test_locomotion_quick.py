@@ -52,6 +52,15 @@ def test_quick_profile_meets_its_targets(quick_run):
     plans = r["checks"]["plans"]
     assert plans["steps"] == 48 and plans["plans"] == 128
     assert plans["return_reward"] > plans["return_unguided"] and plans["p_value_reward"] < 0.05
+    # The oracle (the exact target the reward is fitted to) is measured beside it, and so is the fit on
+    # fresh Algorithm-2 tuples: 32 trajectories per follower, 20 steps each.
+    assert plans["guides"] == ["discriminator", "oracle", "reward"] and plans["p_value_oracle"] <= 1.0
+    fit = r["checks"]["reward_fit_held_out"]
+    assert fit["tuples"] == 2 * 32 * 20 and len(fit["cosine_by_t"]) == 20
+    assert fit["cosine"] > 0.5 and fit["explained"] > 0.5  # measured: 0.69 and 0.68
+    assert plans["gain_oracle"] > 0  # the quick expert is the better planner, so its direction helps
+    print(f"held-out fit: cosine {fit['cosine']:.3f}, explained {fit['explained']:.3f}; plan gains: reward "
+          f"{plans['gain_reward']:.2f}, oracle {plans['gain_oracle']:.2f}")
     assert (root / "out" / "halfcheetah" / "returns.png").stat().st_size > 10_000
     table = (root / "out" / "table.md").read_text()
     assert "halfcheetah" in table and "30.38" in table  # beside the paper's Table 1

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from rrf.decision.diffusion import GaussianDiffusion
-from rrf.guidance import RewardGuide
+from rrf.guidance import Guide
 
 
 class StartConditionedDiffusion(GaussianDiffusion):
@@ -61,7 +61,7 @@ class StartConditionedDiffusion(GaussianDiffusion):
 class PlannerPolicy:
     """``(obs (B, obs_dim), index) -> actions (B, act_dim)`` from ``planner`` (guided by ``guide`` if given)."""
 
-    def __init__(self, planner: GaussianDiffusion, guide: RewardGuide | None = None, seed: int = 0):
+    def __init__(self, planner: GaussianDiffusion, guide: Guide | None = None, seed: int = 0):
         self.planner, self.guide = planner, guide
         self.generator = torch.Generator(device=planner.alphas_cumprod.device).manual_seed(seed)
 

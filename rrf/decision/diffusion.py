@@ -36,7 +36,8 @@ from torch import Tensor, nn
 
 from rrf.decision.temporal import DENOISERS
 from rrf.errors import UserError
-from rrf.guidance import RewardGuide
+from rrf.guidance import Guide, active_steps
+from rrf.losses import relative_step
 from rrf.normalizers import MinMaxNormalizer
 
 PredictionType = Literal["epsilon", "sample"]
@@ -136,7 +137,7 @@ class GaussianDiffusion(nn.Module):
     # -- sampling ------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample(self, batch_size: int, cond: Conditions | None = None, guide: RewardGuide | None = None,
+    def sample(self, batch_size: int, cond: Conditions | None = None, guide: Guide | None = None,
                generator: torch.Generator | None = None, return_chain: bool = False) -> Tensor:
         """Sample (B, H, D) raw trajectories; with ``guide`` the mean is shifted by ``omega grad rho(x_t, t)``.
 
@@ -209,3 +210,22 @@ def pair_stepper(base: GaussianDiffusion, expert: GaussianDiffusion,
         return base.posterior_mean(x, tt) + noise, expert.posterior_mean(x, tt) + noise
 
     return step
+
+
+class OracleGuide:
+    """Guide the base by ``omega * h_t``, the exact target ``grad rho`` is fitted to (no guidance where ``t < t_stopgrad``).
+
+    ``h_t = mu_expert(x_t, t) - mu_base(x_t, t)`` (``relative_step``), so a perfectly fitted reward steers
+    exactly like this, and ``omega = 1, t_stopgrad = 0`` samples the expert. It separates the two ways
+    reward guidance can fail: a reward fitted badly, or a direction that does not help at that omega.
+    Only a diagnostic: it needs both planners at every step, which the reward exists to avoid.
+    """
+
+    def __init__(self, base: GaussianDiffusion, expert: GaussianDiffusion, scale: float, t_stopgrad: float = 0):
+        check_compatible(base, expert)
+        self.base, self.expert, self.scale, self.t_stopgrad = base, expert, scale, t_stopgrad
+
+    @torch.no_grad()
+    def shift(self, mean: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        h = relative_step(self.base.posterior_mean(x, t), self.expert.posterior_mean(x, t))
+        return mean + self.scale * h * active_steps(t, self.t_stopgrad, h)
