@@ -218,14 +218,15 @@ class OracleGuide:
     ``h_t = mu_expert(x_t, t) - mu_base(x_t, t)`` (``relative_step``), so a perfectly fitted reward steers
     exactly like this, and ``omega = 1, t_stopgrad = 0`` samples the expert. It separates the two ways
     reward guidance can fail: a reward fitted badly, or a direction that does not help at that omega.
-    Only a diagnostic: it needs both planners at every step, which the reward exists to avoid.
+    Only a diagnostic: it needs both planners at every step, which the reward exists to avoid. Pass it to
+    ``base.sample``: the sampler's unguided ``mean`` is the base's step, so only the expert's is computed.
     """
 
     def __init__(self, base: GaussianDiffusion, expert: GaussianDiffusion, scale: float, t_stopgrad: float = 0):
         check_compatible(base, expert)
-        self.base, self.expert, self.scale, self.t_stopgrad = base, expert, scale, t_stopgrad
+        self.expert, self.scale, self.t_stopgrad = expert, scale, t_stopgrad
 
     @torch.no_grad()
     def shift(self, mean: Tensor, x: Tensor, t: Tensor) -> Tensor:
-        h = relative_step(self.base.posterior_mean(x, t), self.expert.posterior_mean(x, t))
+        h = relative_step(mean, self.expert.posterior_mean(x, t))
         return mean + self.scale * h * active_steps(t, self.t_stopgrad, h)
