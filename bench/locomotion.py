@@ -1,9 +1,10 @@
 """Locomotion throughput: direct MuJoCo stepping vs gymnasium, ARS, planner training and (guided) replanning.
 
-    .venv/bin/python bench/locomotion.py [--seconds 3] [--threads 1]
+    .venv/bin/python bench/locomotion.py [--seconds 3] [--threads 1] [--sim-threads 2]
 
-Every figure is measured in this process; ratios are against the gymnasium baseline (simulation) or
-the unguided planner (guidance), so a busy machine shifts both sides alike. ``uptime`` is printed
+Every figure is measured in this process; ratios are against the gymnasium baseline (simulation), one
+stepping thread (simulation and ARS on ``--sim-threads``) or the unguided planner (guidance), so a busy
+machine shifts both sides alike. ``uptime`` is printed
 beside them because the machine is shared.
 """
 
@@ -38,15 +39,17 @@ def rate(fn, seconds: float) -> float:
     return n / (time.perf_counter() - start)
 
 
-def bench_simulation(seconds: float) -> None:
-    print("simulation: environment steps per second (one core)")
+def bench_simulation(seconds: float, threads: int) -> None:
+    print(f"simulation: environment steps per second (one thread; MujocoBatch also on {threads} threads)")
     for env in ENVS.values():
         g, d = simulation_rates(env, seconds)
-        print(f"  {env.gym_id:15s} gymnasium {g:8.0f}/s   MujocoBatch(64) {d:8.0f}/s   x{d / g:.2f}")
+        _, dt = simulation_rates(env, seconds, threads=threads)
+        print(f"  {env.gym_id:15s} gymnasium {g:8.0f}/s   MujocoBatch(64) {d:8.0f}/s   x{d / g:.2f}   "
+              f"{threads} threads {dt:8.0f}/s   x{dt / d:.2f} vs one")
 
 
-def simulation_rates(env, seconds: float, copies: int = 64) -> tuple[float, float]:
-    """(gymnasium steps/s, MujocoBatch steps/s) with random actions, resetting fallen copies."""
+def simulation_rates(env, seconds: float, copies: int = 64, threads: int = 1) -> tuple[float, float]:
+    """(gymnasium steps/s, MujocoBatch steps/s on ``threads``) with random actions, resetting fallen copies."""
     gym_env = make_gym_env(env)
     gym_env.reset(seed=0)
     actions = np.random.default_rng(0).uniform(-1, 1, (4096, gym_env.action_space.shape[0]))
@@ -58,7 +61,7 @@ def simulation_rates(env, seconds: float, copies: int = 64) -> tuple[float, floa
         if terminated or truncated:
             gym_env.reset(seed=k[0])
 
-    batch = MujocoBatch(env, copies)
+    batch = MujocoBatch(env, copies, threads)
     batch.reset(np.arange(copies))
     index = np.arange(copies)
 
@@ -71,13 +74,16 @@ def simulation_rates(env, seconds: float, copies: int = 64) -> tuple[float, floa
     return rate(gym_step, seconds), copies * rate(direct_step, seconds)
 
 
-def bench_ars(seconds: float, tmp: str) -> None:
+def bench_ars(tmp: str, threads: int) -> None:
     cfg = ARSConfig(iterations=3, directions=16, top=4, episode_steps=200, eval_every=3, eval_episodes=2)
-    start = time.perf_counter()
-    train_ars(ENVS["halfcheetah"], cfg, tmp)
-    per_iter = (time.perf_counter() - start) / cfg.iterations
     steps = 2 * cfg.directions * cfg.episode_steps
-    print(f"ARS HalfCheetah: {per_iter:.2f} s per iteration of {steps} steps ({steps / per_iter:.0f} steps/s)")
+    per_iter = {}
+    for t in sorted({1, threads}):
+        start = time.perf_counter()
+        train_ars(ENVS["halfcheetah"], cfg, f"{tmp}/threads{t}", threads=t)
+        per_iter[t] = (time.perf_counter() - start) / cfg.iterations
+        print(f"ARS HalfCheetah, {t} stepping thread(s): {per_iter[t]:.2f} s per iteration of {steps} steps "
+              f"({steps / per_iter[t]:.0f} steps/s, x{per_iter[1] / per_iter[t]:.2f} vs one)")
 
 
 def bench_planner(seconds: float) -> None:
@@ -127,14 +133,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="Measuring time per figure.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads.")
+    parser.add_argument("--sim-threads", type=int, default=2, help="MuJoCo stepping threads compared with one.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"load averages {os.getloadavg()}")
-    bench_simulation(args.seconds)
+    bench_simulation(args.seconds, args.sim_threads)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        bench_ars(args.seconds, tmp)
+        bench_ars(tmp, args.sim_threads)
     bench_planner(args.seconds)
 
 

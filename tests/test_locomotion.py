@@ -88,6 +88,28 @@ def test_rollout_episodes_end_at_termination_and_files_round_trip(tmp_path):
     assert len(held.lengths) == 1 and len(train.lengths) == 3
 
 
+def test_stepping_on_threads_gives_the_same_bytes_and_an_ars_run_the_same_policies(tmp_path):
+    """Copies stepped on 3 threads (some falling, so later steps index a subset) equal one thread's."""
+    env = ENVS["walker2d"]
+
+    def episodes(threads: int) -> Episodes:
+        rng = np.random.default_rng(2)  # the policy draws from its own generator, the same in both runs
+        return rollout(MujocoBatch(env, 7, threads), lambda obs, idx: rng.uniform(-1, 1, (len(obs), 6)),
+                       np.arange(7), 200)
+
+    one, three = episodes(1), episodes(3)
+    assert len(set(one.lengths.tolist())) > 1  # episodes ended at different steps
+    assert np.array_equal(one.trajectories.observations, three.trajectories.observations)
+    assert np.array_equal(one.trajectories.actions, three.trajectories.actions)
+    assert np.array_equal(one.rewards, three.rewards) and np.array_equal(one.terminals, three.terminals)
+
+    cfg = ARSConfig(iterations=3, directions=4, top=2, episode_steps=60, eval_every=3, eval_episodes=2)
+    runs = [train_ars(ENVS["hopper"], cfg, tmp_path / f"t{t}", threads=t) for t in (1, 2)]
+    assert np.array_equal(runs[0].M, runs[1].M) and np.array_equal(runs[0].eval_returns, runs[1].eval_returns)
+    with pytest.raises(ValueError, match="3 actions for 2 copies"):
+        MujocoBatch(env, 2, threads=2).step(np.zeros((3, 6)), np.arange(2))
+
+
 def test_rollout_from_observations_reproduces_the_reset_state():
     env = ENVS["halfcheetah"]
     batch = MujocoBatch(env, 3)

@@ -65,7 +65,7 @@ def locomotion(
                                                             "minari:<id>) as the replay or expert data of ENV."),
     cache: Path = typer.Option(None, "--cache", help="Cache of ARS policies and our datasets "
                                                     "(default $RRF_AUDIT_CACHE or ~/.cache/rrf-audit)."),
-    threads: int = typer.Option(1, "--threads", min=1, help="torch threads (more only helps on idle cores)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads and MuJoCo stepping threads (more only helps on idle cores)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Steer a weak locomotion planner with the reward extracted between it and an expert planner (paper Table 1).

@@ -135,8 +135,9 @@ def evaluation_returns(batch: MujocoBatch, policy: LinearPolicy, cfg: ARSConfig,
     return rollout(batch, policy, seeds, cfg.episode_steps).returns
 
 
-def train_ars(env: LocomotionEnv, cfg: ARSConfig, out_dir: str | Path, progress=None) -> ARSRun:
-    """Train (resuming from ``out_dir/ars.npz``) and return the run. ``progress``: a rich ``Progress`` or None."""
+def train_ars(env: LocomotionEnv, cfg: ARSConfig, out_dir: str | Path, progress=None, threads: int = 1) -> ARSRun:
+    """Train (resuming from ``out_dir/ars.npz``) and return the run. ``progress``: a rich ``Progress`` or None;
+    ``threads``: simulator threads (the run is the same bytes for any count)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final, ckpt = out_dir / "ars.npz", out_dir / "ars-checkpoint.npz"
@@ -145,7 +146,7 @@ def train_ars(env: LocomotionEnv, cfg: ARSConfig, out_dir: str | Path, progress=
     if cfg.top > cfg.directions:
         raise UserError(f"ARS keeps top={cfg.top} of {cfg.directions} directions; choose top <= directions")
     n = cfg.directions
-    train_batch, eval_batch = MujocoBatch(env, 2 * n), MujocoBatch(env, cfg.eval_episodes)
+    train_batch, eval_batch = MujocoBatch(env, 2 * n, threads), MujocoBatch(env, cfg.eval_episodes, threads)
     obs_dim, act_dim = train_batch.obs_dim, train_batch.act_dim
     Ms, means, stds = [np.zeros((act_dim, obs_dim))], [np.zeros(obs_dim)], [np.ones(obs_dim)]
     stats = _RunningStats(obs_dim)

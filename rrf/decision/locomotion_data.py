@@ -101,7 +101,8 @@ def expert_iteration(run: ARSRun) -> int:
     return int(run.eval_iterations[np.argmax(run.eval_returns.mean(axis=1))])
 
 
-def replay_end(env: LocomotionEnv, run: ARSRun, ars: ARSConfig, fraction: float) -> tuple[int, dict[int, float]]:
+def replay_end(env: LocomotionEnv, run: ARSRun, ars: ARSConfig, fraction: float,
+               threads: int = 1) -> tuple[int, dict[int, float]]:
     """The last iteration whose evaluation stays below ``fraction`` of the way from the start's return to
     the expert's, and the mean returns of the iterations evaluated here to find it (see module doc)."""
     means = run.eval_returns.mean(axis=1)
@@ -109,7 +110,7 @@ def replay_end(env: LocomotionEnv, run: ARSRun, ars: ARSConfig, fraction: float)
     k = int(np.argmax(means >= target))
     if k == 0:
         return 0, {}
-    batch = MujocoBatch(env, ars.eval_episodes)
+    batch = MujocoBatch(env, ars.eval_episodes, threads)
     dense: dict[int, float] = {}
     for i in range(int(run.eval_iterations[k - 1]) + 1, int(run.eval_iterations[k])):
         dense[i] = float(evaluation_returns(batch, run.policy(i), ars, i).mean())
@@ -119,38 +120,41 @@ def replay_end(env: LocomotionEnv, run: ARSRun, ars: ARSConfig, fraction: float)
 
 
 def collect(env: LocomotionEnv, policies: list[LinearPolicy], noise_std: np.ndarray, cfg: DatasetConfig,
-            seed: int) -> Episodes:
+            seed: int, threads: int = 1) -> Episodes:
     """Roll out one episode per (policy, noise) pair, ``cfg.batch`` at a time."""
     rng = np.random.default_rng([seed, 0xDA7A])
     parts = []
     for lo in range(0, len(policies), cfg.batch):
         hi = min(lo + cfg.batch, len(policies))
-        batch = MujocoBatch(env, hi - lo)
+        batch = MujocoBatch(env, hi - lo, threads)
         seeds = rng.integers(2**31, size=hi - lo)
         parts.append(rollout(batch, NoisyPolicy(policies[lo:hi], noise_std[lo:hi], rng), seeds, cfg.episode_steps))
     return Episodes.concat(parts)
 
 
-def make_datasets(env: LocomotionEnv, run: ARSRun, cfg: DatasetConfig, seed: int, until: int) -> dict[str, Episodes]:
+def make_datasets(env: LocomotionEnv, run: ARSRun, cfg: DatasetConfig, seed: int, until: int,
+                  threads: int = 1) -> dict[str, Episodes]:
     """The datasets of the module doc, the replay's snapshots ending at iteration ``until``."""
     rng = np.random.default_rng([seed, 0x5E1EC7])
     snapshots = np.round(np.linspace(cfg.replay_from * until, until, cfg.replay_episodes)).astype(int)
     replay = collect(env, [run.policy(i) for i in snapshots], rng.uniform(*cfg.action_noise, size=cfg.replay_episodes),
-                     cfg, seed * 2)
+                     cfg, seed * 2, threads)
     best = expert_iteration(run)
     expert = collect(env, [run.policy(best)] * cfg.expert_episodes,
-                     rng.uniform(*cfg.action_noise, size=cfg.expert_episodes), cfg, seed * 2 + 1)
+                     rng.uniform(*cfg.action_noise, size=cfg.expert_episodes), cfg, seed * 2 + 1, threads)
     data = {"replay": replay, "expert": expert}
     if cfg.probe_episodes:
         ladder = np.round(np.linspace(0, best, cfg.probe_episodes)).astype(int)
         data["probe"] = collect(env, [run.policy(i) for i in ladder],
-                                np.full(cfg.probe_episodes, float(np.mean(cfg.action_noise))), cfg, seed * 2 + 2)
+                                np.full(cfg.probe_episodes, float(np.mean(cfg.action_noise))), cfg, seed * 2 + 2,
+                                threads)
     return data
 
 
 def load_or_make(env: LocomotionEnv, ars: ARSConfig, cfg: DatasetConfig, cache_dir: str | Path, seed: int,
-                 progress=None) -> tuple[dict[str, Episodes], dict]:
+                 progress=None, threads: int = 1) -> tuple[dict[str, Episodes], dict]:
     """The cached pair for (env, ARS settings, dataset settings, seed), made on first use; and its manifest.
+    ``threads`` steps the simulator and does not change what is made.
 
     The cache key holds every setting, so changed settings make a new entry instead of reusing a
     stale one; nothing in the cache is ever overwritten.
@@ -163,9 +167,9 @@ def load_or_make(env: LocomotionEnv, ars: ARSConfig, cfg: DatasetConfig, cache_d
 
         manifest = json.loads(manifest_file.read_text())
         return {k: load_episodes(root / f"{k}.hdf5") for k in manifest["returns"]}, manifest
-    run = train_ars(env, ars, ars_root / "ars", progress=progress)
-    until, dense = replay_end(env, run, ars, cfg.replay_until)
-    data = make_datasets(env, run, cfg, seed, until)
+    run = train_ars(env, ars, ars_root / "ars", progress=progress, threads=threads)
+    until, dense = replay_end(env, run, ars, cfg.replay_until, threads)
+    data = make_datasets(env, run, cfg, seed, until, threads)
     for kind, eps in data.items():
         save_episodes(root / f"{kind}.hdf5", eps, attrs={"env": env.gym_id, "kind": kind, "seed": str(seed)})
     best = expert_iteration(run)

@@ -168,7 +168,8 @@ class LocomotionConfig:
     """Per environment, user data instead of ours: {"hopper": {"replay": "x.hdf5", "expert": "minari:<id>"}}."""
     settings: dict[str, EnvSettings] = field(default_factory=dict)
     threads: int = 1
-    """torch threads. One is the default: the models are small, and on a busy machine more OpenMP threads
+    """torch threads, and threads stepping MuJoCo (never both at once; the results are the same bytes for
+    any count). One is the default: the models are small, and on a busy machine more OpenMP threads
     than free cores spin-wait (measured: the quick profile's reward stage went from 30 s to > 5 min)."""
     cache_dir: str = field(default_factory=default_cache_dir)
     """Where the ARS runs and our datasets are cached (env RRF_AUDIT_CACHE; never in the repository)."""
@@ -347,7 +348,7 @@ def closed_loop(env: LocomotionEnv, planner: GaussianDiffusion, guide: Guide | N
             chunk = seeds[lo: lo + cfg.rollout_batch]
             policy = PlannerPolicy(planner, guide, seed=sample_seed * 1000 + lo)
             done = lo * cfg.episode_steps
-            parts.append(rollout(MujocoBatch(env, len(chunk)), policy, chunk, cfg.episode_steps,
+            parts.append(rollout(MujocoBatch(env, len(chunk), cfg.threads), policy, chunk, cfg.episode_steps,
                                  on_step=lambda s, d=done, c=len(chunk): progress.update(task, completed=d + s * c)))
     path.parent.mkdir(parents=True, exist_ok=True)
     save_episodes(path, Episodes.concat(parts), attrs={"env": env.gym_id, "planner": label})
@@ -456,7 +457,7 @@ def spearman_check(reward: torch.nn.Module, planner: GaussianDiffusion, held: di
 
 
 def plan_check(env: LocomotionEnv, planner: GaussianDiffusion, guides: dict[str, Guide], starts: np.ndarray,
-               steps: int, seed: int) -> dict:
+               steps: int, seed: int, threads: int = 1) -> dict:
     """True return of the unguided vs the guided planner over ``steps`` steps from held-out start states.
 
     Each planner replans every step, closed-loop in the simulator, from the same start states and with
@@ -465,7 +466,7 @@ def plan_check(env: LocomotionEnv, planner: GaussianDiffusion, guides: dict[str,
     out: dict = {"plans": len(starts), "steps": steps, "guides": sorted(guides)}
     returns = {}
     for name, guide in {"unguided": None, **guides}.items():
-        eps = rollout(MujocoBatch(env, len(starts)), PlannerPolicy(planner, guide, seed=seed), None, steps,
+        eps = rollout(MujocoBatch(env, len(starts), threads), PlannerPolicy(planner, guide, seed=seed), None, steps,
                       start=starts)
         returns[name] = eps.returns
         out[f"return_{name}"] = float(eps.returns.mean())
@@ -503,7 +504,7 @@ def run_env(name: str, cfg: LocomotionConfig, out_dir: Path, console: Console) -
     else:
         with _progress(cfg.progress) as progress:
             data, data_manifest = load_or_make(env, settings.ars, settings.data, cfg.cache_dir, cfg.seed,
-                                               progress=progress)
+                                               progress=progress, threads=cfg.threads)
     splits = {k: split_episodes(data[k], cfg.held_out, cfg.seed) for k in KINDS}
     train = {k: s[0] for k, s in splits.items()}
     held = {k: s[1] for k, s in splits.items()}
@@ -571,7 +572,7 @@ def run_env(name: str, cfg: LocomotionConfig, out_dir: Path, console: Console) -
                   "reward_t0": spearman_check(reward, base, held, 0),
                   "discriminator": spearman_check(discriminator, base, held, cfg.score_t),
                   "plans": plan_check(env, base, guides, sample_states(held["replay"], cfg.plan_checks, cfg.seed + 2),
-                                      cfg.plan_check_steps, seed=cfg.seed)}
+                                      cfg.plan_check_steps, seed=cfg.seed, threads=cfg.threads)}
         write_json_atomic(checks_file, checks)
     fit = checks["reward_fit_held_out"]
     console.print(f"  reward fit on fresh Algorithm-2 tuples: cosine {fit['cosine']:.2f}, explained {fit['explained']:.2f}")
