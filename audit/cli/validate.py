@@ -65,7 +65,10 @@ def locomotion(
                                                             "minari:<id>) as the replay or expert data of ENV."),
     cache: Path = typer.Option(None, "--cache", help="Cache of ARS policies and our datasets "
                                                     "(default $RRF_AUDIT_CACHE or ~/.cache/rrf-audit)."),
-    threads: int = typer.Option(1, "--threads", min=1, help="torch threads and MuJoCo stepping threads (more only helps on idle cores)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads (more only helps on idle cores)."),
+    sim_threads: int = typer.Option(1, "--sim-threads", min=1,
+                                    help="Threads stepping MuJoCo (same results for any count; speeds up ARS and "
+                                         "the datasets on idle cores)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Steer a weak locomotion planner with the reward extracted between it and an expert planner (paper Table 1).
@@ -81,7 +84,7 @@ def locomotion(
     cfg = LocomotionConfig.from_options(profile, envs=envs, seed=seed, episodes=episodes,
                                         gate_episodes=gate_episodes, sweep=sweep,
                                         sweep_t_stopgrad=sweep_t_stopgrad, datasets=dataset, cache=cache,
-                                        threads=threads, progress=progress)
+                                        threads=threads, sim_threads=sim_threads, progress=progress)
     console = Console()
     result = run(out, cfg, console)
     console.print(results_table(result["envs"]))

@@ -168,9 +168,11 @@ class LocomotionConfig:
     """Per environment, user data instead of ours: {"hopper": {"replay": "x.hdf5", "expert": "minari:<id>"}}."""
     settings: dict[str, EnvSettings] = field(default_factory=dict)
     threads: int = 1
-    """torch threads, and threads stepping MuJoCo (never both at once; the results are the same bytes for
-    any count). One is the default: the models are small, and on a busy machine more OpenMP threads
+    """torch threads. One is the default: the models are small, and on a busy machine more OpenMP threads
     than free cores spin-wait (measured: the quick profile's reward stage went from 30 s to > 5 min)."""
+    sim_threads: int = 1
+    """Threads stepping MuJoCo (the same bytes for any count). They pay where simulation dominates: ARS
+    and the datasets (measured 1.25x per ARS iteration with 2 on 2 idle cores)."""
     cache_dir: str = field(default_factory=default_cache_dir)
     """Where the ARS runs and our datasets are cached (env RRF_AUDIT_CACHE; never in the repository)."""
     progress: bool = True
@@ -206,11 +208,12 @@ class LocomotionConfig:
     def from_options(cls, profile: str, envs: str | None = None, seed: int = 0, episodes: int | None = None,
                      gate_episodes: int | None = None, sweep: str | None = None,
                      sweep_t_stopgrad: str | None = None, datasets: list[str] = (),
-                     cache: str | Path | None = None, threads: int = 1, progress: bool = True) -> LocomotionConfig:
+                     cache: str | Path | None = None, threads: int = 1, sim_threads: int = 1,
+                     progress: bool = True) -> LocomotionConfig:
         """The CLI's options (strings as typed) -> a config; bad values are one-line ``UserError``s."""
         if profile not in ("quick", "paper"):
             raise UserError(f"unknown profile {profile!r}; choose quick or paper")
-        overrides: dict = {"seed": seed, "threads": threads, "progress": progress}
+        overrides: dict = {"seed": seed, "threads": threads, "sim_threads": sim_threads, "progress": progress}
         if envs:
             overrides["envs"] = tuple(e.strip() for e in envs.split(",") if e.strip())
         if episodes is not None:
@@ -348,7 +351,7 @@ def closed_loop(env: LocomotionEnv, planner: GaussianDiffusion, guide: Guide | N
             chunk = seeds[lo: lo + cfg.rollout_batch]
             policy = PlannerPolicy(planner, guide, seed=sample_seed * 1000 + lo)
             done = lo * cfg.episode_steps
-            parts.append(rollout(MujocoBatch(env, len(chunk), cfg.threads), policy, chunk, cfg.episode_steps,
+            parts.append(rollout(MujocoBatch(env, len(chunk), cfg.sim_threads), policy, chunk, cfg.episode_steps,
                                  on_step=lambda s, d=done, c=len(chunk): progress.update(task, completed=d + s * c)))
     path.parent.mkdir(parents=True, exist_ok=True)
     save_episodes(path, Episodes.concat(parts), attrs={"env": env.gym_id, "planner": label})
@@ -504,7 +507,7 @@ def run_env(name: str, cfg: LocomotionConfig, out_dir: Path, console: Console) -
     else:
         with _progress(cfg.progress) as progress:
             data, data_manifest = load_or_make(env, settings.ars, settings.data, cfg.cache_dir, cfg.seed,
-                                               progress=progress, threads=cfg.threads)
+                                               progress=progress, threads=cfg.sim_threads)
     splits = {k: split_episodes(data[k], cfg.held_out, cfg.seed) for k in KINDS}
     train = {k: s[0] for k, s in splits.items()}
     held = {k: s[1] for k, s in splits.items()}
@@ -572,7 +575,7 @@ def run_env(name: str, cfg: LocomotionConfig, out_dir: Path, console: Console) -
                   "reward_t0": spearman_check(reward, base, held, 0),
                   "discriminator": spearman_check(discriminator, base, held, cfg.score_t),
                   "plans": plan_check(env, base, guides, sample_states(held["replay"], cfg.plan_checks, cfg.seed + 2),
-                                      cfg.plan_check_steps, seed=cfg.seed, threads=cfg.threads)}
+                                      cfg.plan_check_steps, seed=cfg.seed, threads=cfg.sim_threads)}
         write_json_atomic(checks_file, checks)
     fit = checks["reward_fit_held_out"]
     console.print(f"  reward fit on fresh Algorithm-2 tuples: cosine {fit['cosine']:.2f}, explained {fit['explained']:.2f}")
@@ -722,7 +725,7 @@ def run(out_dir: str | Path, cfg: LocomotionConfig, console: Console | None = No
     torch.set_num_threads(cfg.threads)
     # Evaluation settings may change between reruns: trained stages are reused, evaluations are keyed by them.
     claimed = {k: v for k, v in asdict(cfg).items()
-               if k not in ("envs", "progress", "cache_dir", "threads", *EVALUATION_FIELDS)}
+               if k not in ("envs", "progress", "cache_dir", "threads", "sim_threads", *EVALUATION_FIELDS)}
     claim_output_dir(out_dir, "validate-locomotion", claimed)
     results_file = out_dir / "results.json"
     results = json.loads(results_file.read_text())["envs"] if results_file.is_file() else {}
