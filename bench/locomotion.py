@@ -4,8 +4,7 @@
 
 Every figure is measured in this process; ratios are against the gymnasium baseline (simulation), one
 stepping thread (simulation and ARS on ``--sim-threads``) or the unguided planner (guidance), so a busy
-machine shifts both sides alike. ``uptime`` is printed
-beside them because the machine is shared.
+machine shifts both sides alike. ``uptime`` is printed beside them because the machine is shared.
 """
 
 from __future__ import annotations
@@ -42,14 +41,14 @@ def rate(fn, seconds: float) -> float:
 def bench_simulation(seconds: float, threads: int) -> None:
     print(f"simulation: environment steps per second (one thread; MujocoBatch also on {threads} threads)")
     for env in ENVS.values():
-        g, d = simulation_rates(env, seconds)
-        _, dt = simulation_rates(env, seconds, threads=threads)
+        g, d, dt = simulation_rates(env, seconds, threads=threads)
         print(f"  {env.gym_id:15s} gymnasium {g:8.0f}/s   MujocoBatch(64) {d:8.0f}/s   x{d / g:.2f}   "
               f"{threads} threads {dt:8.0f}/s   x{dt / d:.2f} vs one")
 
 
-def simulation_rates(env, seconds: float, copies: int = 64, threads: int = 1) -> tuple[float, float]:
-    """(gymnasium steps/s, MujocoBatch steps/s on ``threads``) with random actions, resetting fallen copies."""
+def simulation_rates(env, seconds: float, copies: int = 64, threads: int = 2) -> tuple[float, float, float]:
+    """Steps/s of gymnasium, of MujocoBatch on one thread and on ``threads``, with random actions,
+    resetting fallen copies."""
     gym_env = make_gym_env(env)
     gym_env.reset(seed=0)
     actions = np.random.default_rng(0).uniform(-1, 1, (4096, gym_env.action_space.shape[0]))
@@ -61,17 +60,21 @@ def simulation_rates(env, seconds: float, copies: int = 64, threads: int = 1) ->
         if terminated or truncated:
             gym_env.reset(seed=k[0])
 
-    batch = MujocoBatch(env, copies, threads)
-    batch.reset(np.arange(copies))
     index = np.arange(copies)
 
-    def direct_step():
-        k[0] += 1
-        _, _, terminated = batch.step(actions[(k[0] + index) % 4096], index)
-        if terminated.any():
-            batch.reset(index + k[0])
+    def batch_rate(n_threads: int) -> float:
+        batch = MujocoBatch(env, copies, n_threads)
+        batch.reset(index)
 
-    return rate(gym_step, seconds), copies * rate(direct_step, seconds)
+        def direct_step():
+            k[0] += 1
+            _, _, terminated = batch.step(actions[(k[0] + index) % 4096], index)
+            if terminated.any():
+                batch.reset(index + k[0])
+
+        return copies * rate(direct_step, seconds)
+
+    return rate(gym_step, seconds), batch_rate(1), batch_rate(threads)
 
 
 def bench_ars(tmp: str, threads: int) -> None:

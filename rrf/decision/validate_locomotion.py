@@ -172,7 +172,7 @@ class LocomotionConfig:
     than free cores spin-wait (measured: the quick profile's reward stage went from 30 s to > 5 min)."""
     sim_threads: int = 1
     """Threads stepping MuJoCo (the same bytes for any count). They pay where simulation dominates: ARS
-    and the datasets (measured 1.25x per ARS iteration with 2 on 2 idle cores)."""
+    and the datasets (measured 1.12x to 1.25x per ARS iteration with 2 on 2 cores)."""
     cache_dir: str = field(default_factory=default_cache_dir)
     """Where the ARS runs and our datasets are cached (env RRF_AUDIT_CACHE; never in the repository)."""
     progress: bool = True
