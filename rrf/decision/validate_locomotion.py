@@ -34,6 +34,13 @@ than the base's there; only near omega = 1, where the guided base samples the ex
 direction pay, and there the reward's residual lands in the executed action (reward at omega 1:
 4.2 and 13.9; 9.4 and 16.4 with the longer fit that is now the paper profile's).
 
+Where the residual hurts was measured on Walker2d (same 32 episodes, omega 1): the oracle for t >= 10
+and the reward below scored 17.8; the reward for t >= 10 and the oracle below 30.0. So the reward
+misleads at the low-noise steps, although it fits them best (explained 0.94 at t = 0 against 0.42 at
+t = 19). Stopping its guidance there (t_stopgrad 10 of T = 20) turned Walker2d's loss into a gain:
+25.4 at omega 1 and 24.2 at 0.3 against 21.8 unsteered, while the oracle at (1, 10) scored 21.6. So
+the gain is not the expert's step; what the reward's noisy-step gradient adds is open.
+
 Outputs: ``OUT/results.json`` (per environment ``unsteered``, ``discriminator``, ``reward``,
 ``p_value`` and the details), ``OUT/table.md`` beside the paper's Table 1, and
 ``OUT/<env>/returns.png``. Every stage is cached in ``OUT/<env>/``, so an interrupted run resumes.
