@@ -415,6 +415,16 @@ def algorithm2_tuples(base: GaussianDiffusion, expert: GaussianDiffusion, starts
     return PairTuples(t, x, relative_step(base_next, expert_next))
 
 
+def gate_tuples(base: GaussianDiffusion, expert: GaussianDiffusion, gate_episodes: dict[str, Episodes],
+                conditioned_fraction: float, trajectories: int, seed: int) -> PairTuples:
+    """The run's Algorithm-2 tuples: per follower, ``conditioned_fraction`` of its ``trajectories`` windows
+    start from states that planner visited in the gate (``gate_episodes["base"|"expert"]``)."""
+    n_cond = int(round(conditioned_fraction * trajectories))
+    starts = {"base": sample_states(gate_episodes["base"], n_cond, seed),
+              "expert": sample_states(gate_episodes["expert"], n_cond, seed + 1)}
+    return algorithm2_tuples(base, expert, starts, trajectories - n_cond, seed=seed)
+
+
 def sample_states(eps: Episodes, n: int, seed: int) -> np.ndarray:
     obs = eps.trajectories.observations
     return obs[np.random.default_rng([seed, 0x57A7]).choice(len(obs), size=n, replace=len(obs) < n)]
@@ -549,10 +559,7 @@ def run_env(name: str, cfg: LocomotionConfig, out_dir: Path, console: Console) -
 
     # 4. Relative reward: Algorithm 2 from states the planners visited, then gradient alignment.
     def pair_data(trajectories: int, seed: int) -> PairTuples:
-        n_cond = int(round(settings.conditioned_fraction * trajectories))
-        starts = {"base": sample_states(gate_episodes["base"], n_cond, seed),
-                  "expert": sample_states(gate_episodes["expert"], n_cond, seed + 1)}
-        return algorithm2_tuples(base, expert, starts, trajectories - n_cond, seed=seed)
+        return gate_tuples(base, expert, gate_episodes, settings.conditioned_fraction, trajectories, seed)
 
     reward_dir = out_dir / "reward"
     tuples = None if (reward_dir / "model" / "config.json").is_file() else \
